@@ -1,0 +1,1 @@
+"""ECDP: efficient conditional diffusion with probability-flow sampling for super-resolution."""

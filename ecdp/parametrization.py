@@ -1,0 +1,35 @@
+"""Noise estimate of the denoiser under the eps-, x0- and hybrid parametrizations (eq. 14, 15, 18).
+
+The denoiser returns two heads, ``(eps_hat, z0_hat)``. Each parametrization is written as a
+noise estimate ``eps_hyb``; the score in x is ``-eps_hyb / (sigma sqrt(1 - alpha))``.
+"""
+import torch
+
+from ecdp.sde import _per_sample, alpha
+
+PARAMETRIZATIONS = ("hybrid", "eps", "x0")
+
+
+def mixing_weight(t, param="hybrid", c=1.0):
+    """lambda(t) of eq. 18: alpha(t)**c for hybrid, 1 for eps, 0 for x0."""
+    if param == "hybrid":
+        return alpha(t) ** c
+    if param == "eps":
+        return torch.ones_like(t)
+    if param == "x0":
+        return torch.zeros_like(t)
+    raise ValueError(f"unknown parametrization {param!r}; choose one of {PARAMETRIZATIONS}")
+
+
+def noise_estimate(z_t, t, eps_hat, z0_hat, param="hybrid", c=1.0):
+    """eps_hyb = lam eps_hat + (1 - lam) (z_t - sqrt(a) z0_hat) / sqrt(1 - a): eq. 18 with eq. 14, 15."""
+    a = _per_sample(alpha(t), z_t)
+    lam = _per_sample(mixing_weight(t, param, c), z_t)
+    eps_from_z0 = (z_t - a.sqrt() * z0_hat) / (1 - a).sqrt()
+    return lam * eps_hat + (1 - lam) * eps_from_z0
+
+
+def data_estimate(z_t, t, eps):
+    """The z_0 implied by a noise estimate: (z_t - sqrt(1 - a) eps) / sqrt(a)."""
+    a = _per_sample(alpha(t), z_t)
+    return (z_t - (1 - a).sqrt() * eps) / a.sqrt()

@@ -1,0 +1,112 @@
+"""Probability-flow samplers (eq. 13) that call nothing but the denoiser contract.
+
+``denoiser(z_t, t, cond) -> (eps_hat, z0_hat)`` with ``t`` of shape (B,). Fixed-step solvers run
+on a precomputed time grid and never synchronize with the host inside the step loop.
+"""
+import torch
+from torchdiffeq import odeint
+
+from ecdp.parametrization import data_estimate, noise_estimate
+from ecdp.sde import alpha, log_snr, probability_flow_drift, time_grid
+
+SOLVERS = ("dopri5", "euler", "heun", "rk4", "dpmpp2m")
+EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4, "dpmpp2m": 1}
+
+
+def solve(denoiser, z1, cond, *, solver, steps=None, param="hybrid", c=1.0, grid="uniform",
+          atol=1e-3, rtol=1e-3, t_end=1e-3):
+    """Integrate the probability-flow ODE from z1 at t = 1 down to t_end; return (z_end, nfe)."""
+    eps_fn = _noise_fn(denoiser, cond, param, c)
+    if solver == "dopri5":
+        return _solve_adaptive(eps_fn, z1, t_end, atol, rtol)
+    if solver not in EVALS_PER_STEP:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    if not steps or steps < 1:
+        raise ValueError(f"solver {solver!r} needs a positive number of steps")
+    ts = time_grid(steps, t_end=t_end, spacing=grid).to(device=z1.device, dtype=z1.dtype)
+    if solver == "dpmpp2m":
+        return _solve_dpmpp2m(eps_fn, z1, ts), steps
+    step = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}[solver]
+    drift = _drift_fn(eps_fn)
+    z = z1
+    for i in range(steps):
+        z = step(drift, z, ts[i], ts[i + 1])
+    return z, steps * EVALS_PER_STEP[solver]
+
+
+def _noise_fn(denoiser, cond, param, c):
+    """eps_hyb(z, t) for a scalar t."""
+    def eps_fn(z, t):
+        t = t.expand(z.shape[0])
+        eps_hat, z0_hat = denoiser(z, t, cond)
+        return noise_estimate(z, t, eps_hat, z0_hat, param, c)
+    return eps_fn
+
+
+def _drift_fn(eps_fn):
+    def drift(z, t):
+        return probability_flow_drift(z, t.expand(z.shape[0]), eps_fn(z, t))
+    return drift
+
+
+def euler_step(f, z, t, s):
+    return z + (s - t) * f(z, t)
+
+
+def heun_step(f, z, t, s):
+    h = s - t
+    k1 = f(z, t)
+    k2 = f(z + h * k1, s)
+    return z + 0.5 * h * (k1 + k2)
+
+
+def rk4_step(f, z, t, s):
+    h = s - t
+    k1 = f(z, t)
+    k2 = f(z + 0.5 * h * k1, t + 0.5 * h)
+    k3 = f(z + 0.5 * h * k2, t + 0.5 * h)
+    k4 = f(z + h * k3, s)
+    return z + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+def _solve_dpmpp2m(eps_fn, z, ts):
+    """DPM-Solver++(2M) on the data prediction implied by the noise estimate.
+
+    With alpha_s = sqrt(a), sigma_s = sqrt(1 - a), lambda = log(alpha_s / sigma_s) and h the step in
+    lambda: z' = sigma_s'/sigma_s z - alpha_s' (e^-h - 1) D, where D is the current data estimate
+    on the first and the last step, and its second-order extrapolation from the previous one between
+    them (the last step, the longest in lambda, is taken at first order as DPM-Solver++ does).
+    """
+    a = alpha(ts)
+    alpha_s, sigma_s, lam = a.sqrt(), (1 - a).sqrt(), 0.5 * log_snr(ts)
+    steps = len(ts) - 1
+    z0_prev = None
+    for i in range(steps):
+        z0 = data_estimate(z, ts[i].expand(z.shape[0]), eps_fn(z, ts[i]))
+        h = lam[i + 1] - lam[i]
+        d = z0
+        if 0 < i < steps - 1:
+            r = (lam[i] - lam[i - 1]) / h
+            d = (1 + 0.5 / r) * z0 - (0.5 / r) * z0_prev
+        z = sigma_s[i + 1] / sigma_s[i] * z - alpha_s[i + 1] * torch.expm1(-h) * d
+        z0_prev = z0
+    return z
+
+
+def _solve_adaptive(eps_fn, z1, t_end, atol, rtol):
+    """torchdiffeq dopri5 from t = 1 to t_end, counting network evaluations.
+
+    A rejected step may evaluate the drift outside [t_end, 1], where alpha(t) > 1 for t < 0:
+    the drift is evaluated at t clamped to that interval.
+    """
+    nfe = 0
+    drift_at = _drift_fn(eps_fn)
+
+    def drift(t, z):
+        nonlocal nfe
+        nfe += 1
+        return drift_at(z, t.clamp(t_end, 1.0))
+
+    ts = torch.tensor([1.0, t_end], dtype=z1.dtype, device=z1.device)
+    z = odeint(drift, z1, ts, method="dopri5", atol=atol, rtol=rtol)[-1]
+    return z, nfe

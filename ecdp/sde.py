@@ -1,0 +1,75 @@
+"""The conditional VP-SDE of the paper (eq. 5 to 13) in normalized residual space.
+
+With ``z = (x - mu(y)) / sigma`` the forward SDE (eq. 5) becomes the plain VP-SDE
+``dz = -beta(t)/2 z dt + sqrt(beta(t)) dw``; all functions here act on ``z``.
+"""
+import math
+
+import torch
+
+BETA_MIN = 0.1
+BETA_MAX = 20.0
+
+
+def beta(t, beta_min=BETA_MIN, beta_max=BETA_MAX):
+    """Linear noise rate beta(t) = beta_min + t (beta_max - beta_min)."""
+    return beta_min + t * (beta_max - beta_min)
+
+
+def alpha(t, beta_min=BETA_MIN, beta_max=BETA_MAX):
+    """alpha(t) = exp(-int_0^t beta(s) ds), eq. 11."""
+    return torch.exp(-beta_min * t - 0.5 * (beta_max - beta_min) * t**2)
+
+
+def marginal_sample(z0, t, eps):
+    """z_t = sqrt(alpha) z_0 + sqrt(1 - alpha) eps: eq. 9, 10 and 17 in z."""
+    a = _per_sample(alpha(t), z0)
+    return a.sqrt() * z0 + (1 - a).sqrt() * eps
+
+
+def prior_sample(shape, *, generator=None, device=None, dtype=torch.float32):
+    """z(1) ~ N(0, I): eq. 12 in z."""
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def probability_flow_drift(z, t, eps_hyb):
+    """dz/dt = -beta(t)/2 (z - eps_hyb / sqrt(1 - alpha(t))): eq. 13 in z.
+
+    The score in x is -eps_hyb / (sigma sqrt(1 - alpha)), so sigma^2 s_theta of eq. 13
+    becomes -sigma eps_hyb / sqrt(1 - alpha) and sigma cancels in z.
+    """
+    b = _per_sample(beta(t), z)
+    a = _per_sample(alpha(t), z)
+    return -0.5 * b * (z - eps_hyb / (1 - a).sqrt())
+
+
+def log_snr(t):
+    """log(alpha / (1 - alpha)), decreasing in t."""
+    a = alpha(t)
+    return torch.log(a) - torch.log1p(-a)
+
+
+def t_from_log_snr(lam, beta_min=BETA_MIN, beta_max=BETA_MAX):
+    """Inverse of log_snr: solve beta_min t + (beta_max - beta_min) t^2 / 2 = log(1 + e^-lam)."""
+    c = torch.nn.functional.softplus(-lam)
+    d = beta_max - beta_min
+    return 2 * c / (beta_min + torch.sqrt(beta_min**2 + 2 * d * c))
+
+
+def time_grid(steps, *, t_end=1e-3, spacing="uniform", dtype=torch.float64, device=None):
+    """Decreasing times t_0 = 1 > ... > t_steps = t_end, uniform in t or in log-SNR."""
+    if spacing == "uniform":
+        return torch.linspace(1.0, t_end, steps + 1, dtype=dtype, device=device)
+    if spacing == "logsnr":
+        ends = log_snr(torch.tensor([1.0, t_end], dtype=torch.float64))
+        lams = torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64)
+        grid = t_from_log_snr(lams)
+        grid[0], grid[-1] = 1.0, t_end
+        return grid.to(dtype=dtype, device=device)
+    raise ValueError(f"unknown time grid {spacing!r}; choose 'uniform' or 'logsnr'")
+
+
+def _per_sample(v, like):
+    """Broadcast a per-sample (B,) or scalar tensor over an image batch."""
+    v = torch.as_tensor(v, dtype=like.dtype, device=like.device)
+    return v.reshape(-1, *([1] * (like.dim() - 1))) if v.dim() == 1 else v

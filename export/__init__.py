@@ -1,0 +1,1 @@
+"""Exporters of the fixed-step ECDP solver (ONNX, TensorRT, AOTInductor)."""

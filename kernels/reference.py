@@ -1,0 +1,46 @@
+"""Exact PyTorch references of the fused kernels."""
+import torch
+import torch.nn.functional as F
+
+
+def group_norm_silu(x, weight, bias, groups, *, add_channel=None, add=None, eps=1e-5, silu=True):
+    """SiLU(GroupNorm(x + add_channel[:, :, None, None] + add)), statistics in fp32."""
+    if add_channel is not None:
+        x = x + add_channel[:, :, None, None]
+    if add is not None:
+        x = x + add
+    y = F.group_norm(x.float(), groups, weight.float(), bias.float(), eps).to(x.dtype)
+    return F.silu(y) if silu else y
+
+
+def ode_update(z_t, eps_hat, z0_hat, coef, *, base=None, acc=None, write_acc=False, out=None, acc_out=None):
+    """Hybrid noise estimate, probability-flow drift and solver update in one elementwise pass.
+
+    All image tensors are (B, ...) of one shape; coef is (B, 11) fp32 (see ecdp.kernels.ode_coef
+    for the formulas and the builders). Arithmetic in fp32. Returns (z_out, acc_out): z_out has
+    the dtype of base (z_t when base is None), acc_out that of acc (else z_out's) and is None
+    unless write_acc or acc_out is given. out / acc_out are written in place when given (they may
+    alias the inputs).
+    """
+    shape = (-1,) + (1,) * (z_t.dim() - 1)
+    (sqrt_a, sigma, lam, beta, z_base, z_f, z_x0, z_acc,
+     acc_acc, acc_f, acc_x0) = (v.reshape(shape) for v in coef.float().unbind(-1))
+    z = z_t.float()
+    eps_hyb = lam * eps_hat.float() + (1 - lam) * (z - sqrt_a * z0_hat.float()) / sigma
+    f = -0.5 * beta * (z - eps_hyb / sigma)
+    x0_hyb = (z - sigma * eps_hyb) / sqrt_a
+    state = z_t if base is None else base
+    acc_f32 = 0.0 if acc is None else acc.float()
+    z_next = z_base * state.float() + z_f * f + z_x0 * x0_hyb + z_acc * acc_f32
+    acc_next = None
+    if write_acc or acc_out is not None:
+        acc_next = acc_acc * acc_f32 + acc_f * f + acc_x0 * x0_hyb
+        acc_next = _written(acc_next, acc_out, state.dtype if acc is None else acc.dtype)
+    return _written(z_next, out, state.dtype), acc_next
+
+
+def _written(value, out, dtype):
+    """`value` copied into `out` when given, else cast to `dtype`."""
+    if out is None:
+        return value.to(dtype)
+    return out.copy_(value)

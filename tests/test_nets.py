@@ -1,0 +1,122 @@
+import pytest
+import torch
+from torch import nn
+
+import ecdp.nets as nets
+from ecdp.nets import PRESETS, NetConfig, build, count_parameters
+
+
+def randomize_zero_convs(net: nn.Module) -> None:
+    """Give the zero-initialized conv2 of every residual block random weights."""
+    for module in net.modules():
+        if isinstance(module, nets.ResBlock):
+            nn.init.normal_(module.conv2.weight, std=0.05)
+            nn.init.normal_(module.conv2.bias, std=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    net = build("tiny").eval()
+    randomize_zero_convs(net)
+    return net
+
+
+def inputs(scale, batch=2, size=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.rand(batch, 3, size // scale, size // scale, generator=g)
+    z_t = torch.randn(batch, 3, size, size, generator=g)
+    t = torch.rand(batch, generator=g)
+    return y, z_t, t
+
+
+def test_paper_parameter_counts():
+    with torch.device("meta"):
+        net = build("paper")
+    assert count_parameters(net.denoiser) == 26_039_302
+    assert count_parameters(net.encoder) == 16_548_544
+    assert count_parameters(net) == 42_587_846
+
+
+def test_tiny_is_small():
+    with torch.device("meta"):
+        assert count_parameters(build("tiny")) <= 3_000_000
+
+
+def test_build_accepts_config():
+    cfg = NetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, emb_dim=64, time_freqs=32,
+                    enc_nf=16, enc_gc=8, enc_blocks=2, enc_taps=(1, 2))
+    net = build(cfg)
+    assert net.config == cfg
+    y, z_t, t = inputs(scale=4, batch=1, size=32)
+    with torch.no_grad():
+        eps_hat, _ = net(z_t, t, net.encode(y))
+    assert eps_hat.shape == z_t.shape
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="tiny"):
+        build("huge")
+    assert set(PRESETS) == {"paper", "small", "tiny"}
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_tiny_shapes(tiny, scale):
+    y, z_t, t = inputs(scale)
+    with torch.no_grad():
+        cond = tiny.encode(y)
+        eps_hat, z0_hat = tiny(z_t, t, cond)
+    assert cond.shape == (2, tiny.config.cond_channels, 64 // scale, 64 // scale)
+    assert eps_hat.shape == z0_hat.shape == (2, 3, 64, 64)
+    assert torch.isfinite(eps_hat).all() and torch.isfinite(z0_hat).all()
+    assert not torch.allclose(eps_hat, z0_hat)
+
+
+def test_size_not_multiple_rejected(tiny):
+    y, _, t = inputs(scale=4)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        tiny(torch.randn(2, 3, 62, 62), t, tiny.encode(y))
+
+
+def test_time_and_conditioning_change_output(tiny):
+    y, z_t, t = inputs(scale=4)
+    with torch.no_grad():
+        cond = tiny.encode(y)
+        base = torch.cat(tiny(z_t, t, cond), dim=1)
+        other_time = torch.cat(tiny(z_t, 1 - t, cond), dim=1)
+        other_cond = torch.cat(tiny(z_t, t, tiny.encode(y.flip(-1))), dim=1)
+    assert (base - other_time).abs().max() > 1e-3
+    assert (base - other_cond).abs().max() > 1e-3
+
+
+def test_conv2_starts_at_zero():
+    torch.manual_seed(0)
+    blocks = [m for m in build("tiny").modules() if isinstance(m, nets.ResBlock)]
+    assert blocks and all(not b.conv2.weight.any() and not b.conv2.bias.any() for b in blocks)
+
+
+def test_cond_resize_and_projection_commute(tiny):
+    block = tiny.denoiser.down[0][0]
+    features = torch.randn(2, tiny.config.cond_channels, 16, 16)
+    with torch.no_grad():
+        expected = block.cond(features, (64, 64))
+        projected_first = nn.functional.interpolate(block.cond_proj(features), size=(64, 64),
+                                                    mode="bilinear", align_corners=False)
+    torch.testing.assert_close(projected_first, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_blocks_use_fusable_group_norm_silu(tiny, monkeypatch):
+    calls, original = [], nets.group_norm_silu
+
+    def spy(x, weight, bias, groups, **kwargs):
+        calls.append(kwargs)
+        return original(x, weight, bias, groups, **kwargs)
+
+    monkeypatch.setattr(nets, "group_norm_silu", spy)
+    y, z_t, t = inputs(scale=4, batch=1)
+    with torch.no_grad():
+        tiny(z_t, t, tiny.encode(y))
+    num_blocks = sum(isinstance(m, nets.ResBlock) for m in tiny.modules())
+    fused = [c for c in calls if c.get("add_channel") is not None and c.get("add") is not None]
+    assert len(fused) == num_blocks
+    assert len(calls) == 2 * num_blocks + 1
