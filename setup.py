@@ -5,8 +5,8 @@ setup(
     version="0.1.0",
     description="ECDP: conditional diffusion super-resolution with probability-flow sampling",
     python_requires=">=3.10",
-    packages=["ecdp", "ecdp.kernels", "ecdp.export"],
-    package_dir={"ecdp": "ecdp", "ecdp.kernels": "kernels", "ecdp.export": "export"},
+    packages=["ecdp", "ecdp.commands", "ecdp.kernels", "ecdp.export"],
+    package_dir={"ecdp": "ecdp", "ecdp.commands": "ecdp/commands", "ecdp.kernels": "kernels", "ecdp.export": "export"},
     package_data={"ecdp": ["weights/*.safetensors", "weights/*.json", "configs/*.yaml"]},
     install_requires=[
         "torch>=2.4",

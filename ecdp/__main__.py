@@ -1,0 +1,5 @@
+import sys
+
+from ecdp.cli import main
+
+sys.exit(main())

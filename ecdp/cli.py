@@ -1,0 +1,24 @@
+"""The ``ecdp`` command: one subcommand per module in ``ecdp.commands``."""
+import argparse
+import importlib
+import sys
+
+from ecdp.errors import UserError
+
+COMMANDS = ()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="ecdp", description="ECDP diffusion super-resolution")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"ecdp.commands.{name}").add_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except UserError as e:
+        print(f"ecdp {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"ecdp {args.command}: interrupted", file=sys.stderr)
+        return 130

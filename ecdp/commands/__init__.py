@@ -1,0 +1,1 @@
+"""Subcommands of ``ecdp``: each module has ``add_parser(subparsers)`` that sets ``run``."""
