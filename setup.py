@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.10",
     packages=["ecdp", "ecdp.commands", "ecdp.kernels", "ecdp.export"],
     package_dir={"ecdp": "ecdp", "ecdp.commands": "ecdp/commands", "ecdp.kernels": "kernels", "ecdp.export": "export"},
-    package_data={"ecdp": ["weights/*.safetensors", "weights/*.json", "configs/*.yaml"]},
+    package_data={"ecdp": ["weights/default/*"]},
     install_requires=[
         "torch>=2.4",
         "torchdiffeq>=0.2.4",

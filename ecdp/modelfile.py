@@ -132,3 +132,15 @@ def _read_weights(path, expected):
 
 def _first(keys):
     return min(keys) if keys else "none"
+
+
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+
+
+def resolve_model(path):
+    """A model folder from a path or the name ``default`` (the model shipped inside the package)."""
+    if str(path) != "default":
+        return Path(path)
+    if not (DEFAULT_MODEL / CONFIG).is_file():
+        raise ModelFileError("no built-in default model is installed yet; pass a model folder.")
+    return DEFAULT_MODEL
