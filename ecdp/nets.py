@@ -88,14 +88,20 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def cond(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Encoder features resized (bilinear) to `size`, then projected to this block's channels."""
-        resized = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
-        return self.cond_proj(resized)
+    def cond(self, features: torch.Tensor, size: tuple[int, int], project_first: bool = False) -> torch.Tensor:
+        """Encoder features resized (bilinear) to `size` and projected to this block's channels.
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        Both maps are linear and the bilinear weights sum to one, so projecting first at LR
+        resolution (cheaper) gives the same result up to rounding.
+        """
+        if project_first:
+            return F.interpolate(self.cond_proj(features), size=size, mode="bilinear", align_corners=False)
+        return self.cond_proj(F.interpolate(features, size=size, mode="bilinear", align_corners=False))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """`cond` is this block's projected conditioning at the block's resolution."""
         h = self.conv1(norm_silu(self.norm1, x))
-        h = norm_silu(self.norm2, h, add_channel=self.time_proj(emb), add=self.cond(features, h.shape[-2:]))
+        h = norm_silu(self.norm2, h, add_channel=self.time_proj(emb), add=cond)
         return self.skip(x) + self.conv2(h)
 
 
@@ -146,28 +152,47 @@ class UNet(nn.Module):
         self.head_norm = nn.GroupNorm(cfg.head_groups, c)
         self.head_conv = nn.Conv2d(c, 6, 3, padding=1)
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def blocks_with_sizes(self, hr_size: tuple[int, int]):
+        """Every residual block in forward order, with the resolution it runs at."""
+        h, w = hr_size
+        size = lambda level: (h // 2**level, w // 2**level)
+        for level, blocks in enumerate(self.down):
+            yield from ((blk, size(level)) for blk in blocks)
+        yield from ((blk, size(len(self.down) - 1)) for blk in self.middle)
+        for level, blocks in zip(reversed(range(len(self.up))), self.up):
+            yield from ((blk, size(level)) for blk in blocks)
+
+    def block_conditioning(self, features: torch.Tensor, hr_size: tuple[int, int],
+                           project_first: bool = False) -> tuple[torch.Tensor, ...]:
+        """Each block's projected conditioning, computed once per image (valid for every t)."""
+        return tuple(blk.cond(features, size, project_first) for blk, size in self.blocks_with_sizes(hr_size))
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """`cond` is the encoder output, or its `block_conditioning` computed ahead."""
         multiple = 2 ** len(self.downsample)
         if z_t.shape[-2] % multiple or z_t.shape[-1] % multiple:
             raise ValueError(f"image size {tuple(z_t.shape[-2:])} is not a multiple of {multiple}")
+        if isinstance(cond, torch.Tensor):
+            cond = self.block_conditioning(cond, z_t.shape[-2:])
+        conds = iter(cond)
         emb = self.time_mlp(timestep_embedding(self.time_scale * t, self.time_freqs).to(z_t.dtype))
 
         h = self.conv_in(z_t)
         skips = [h]
         for level, blocks in enumerate(self.down):
             for blk in blocks:
-                h = blk(h, emb, cond)
+                h = blk(h, emb, next(conds))
                 skips.append(h)
             if level < len(self.downsample):
                 h = self.downsample[level](h)
                 skips.append(h)
 
         for blk in self.middle:
-            h = blk(h, emb, cond)
+            h = blk(h, emb, next(conds))
 
         for level, blocks in enumerate(self.up):
             for blk in blocks:
-                h = blk(torch.cat([h, skips.pop()], dim=1), emb, cond)
+                h = blk(torch.cat([h, skips.pop()], dim=1), emb, next(conds))
             if level < len(self.upsample):
                 h = self.upsample[level](h)
 

@@ -100,9 +100,23 @@ def test_cond_resize_and_projection_commute(tiny):
     features = torch.randn(2, tiny.config.cond_channels, 16, 16)
     with torch.no_grad():
         expected = block.cond(features, (64, 64))
-        projected_first = nn.functional.interpolate(block.cond_proj(features), size=(64, 64),
-                                                    mode="bilinear", align_corners=False)
+        projected_first = block.cond(features, (64, 64), project_first=True)
     torch.testing.assert_close(projected_first, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_precomputed_conditioning_equals_reference_denoiser(tiny):
+    """The conditioning cache (project at LR, resize once per image) is exact in fp32."""
+    for blk in tiny.modules():
+        if isinstance(blk, nets.ResBlock):
+            nn.init.normal_(blk.conv2.weight, std=0.05)
+    y, z_t, t = inputs(scale=4, batch=2)
+    with torch.no_grad():
+        features = tiny.encode(y)
+        reference = tiny(z_t, t, features)
+        cache = tiny.denoiser.block_conditioning(features, z_t.shape[-2:], project_first=True)
+        cached = tiny(z_t, t, cache)
+    for a, b in zip(reference, cached):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
 def test_blocks_use_fusable_group_norm_silu(tiny, monkeypatch):
