@@ -6,16 +6,18 @@ One module serves the Python API, the exporters and the fast engines.
 import torch
 from torch import nn
 
-from ecdp.resize import upscale
+from ecdp.resize import upscale as upscale_bicubic
 from ecdp.sampling import solve
 
 
 class SuperResolver(nn.Module):
     """Wrap a network and its model config with fixed sampler settings."""
 
-    def __init__(self, net, config, *, solver=None, steps=None, grid=None, atol=1e-3, rtol=1e-3, t_end=1e-3):
+    def __init__(self, net, config, *, solver=None, steps=None, grid=None, atol=1e-3, rtol=1e-3, t_end=1e-3,
+                 upscale=None):
         super().__init__()
         self.net = net
+        self.upscale = upscale or (lambda y: upscale_bicubic(y, config.scale))
         self.scale, self.sigma, self.param, self.c = config.scale, config.sigma, config.param, config.c
         self.solver = solver or config.solver
         self.steps = steps or config.steps
@@ -28,7 +30,7 @@ class SuperResolver(nn.Module):
 
     def run(self, y, z1):
         """Return (x, nfe) for LR images y (B, 3, h, w) in [0, 1] and prior noise z1."""
-        mu = upscale(y, self.scale)
+        mu = self.upscale(y)
         cond = self.net.encode(y)
         z, nfe = solve(self.net, z1, cond, solver=self.solver, steps=self.steps, param=self.param, c=self.c,
                        grid=self.grid, atol=self.atol, rtol=self.rtol, t_end=self.t_end)

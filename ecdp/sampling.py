@@ -23,7 +23,7 @@ def solve(denoiser, z1, cond, *, solver, steps=None, param="hybrid", c=1.0, grid
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     if not steps or steps < 1:
         raise ValueError(f"solver {solver!r} needs a positive number of steps")
-    ts = time_grid(steps, t_end=t_end, spacing=grid).to(device=z1.device, dtype=z1.dtype)
+    ts = time_grid(steps, t_end=t_end, spacing=grid, dtype=z1.dtype, device=z1.device)
     if solver == "dpmpp2m":
         return _solve_dpmpp2m(eps_fn, z1, ts), steps
     step = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}[solver]

@@ -57,16 +57,24 @@ def t_from_log_snr(lam, beta_min=BETA_MIN, beta_max=BETA_MAX):
 
 
 def time_grid(steps, *, t_end=1e-3, spacing="uniform", dtype=torch.float64, device=None):
-    """Decreasing times t_0 = 1 > ... > t_steps = t_end, uniform in t or in log-SNR."""
+    """Decreasing times t_0 = 1 > ... > t_steps = t_end, uniform in t or in log-SNR.
+
+    Built on `device` from Python scalars: no host-to-device copy, so it can run inside a CUDA graph.
+    """
     if spacing == "uniform":
         return torch.linspace(1.0, t_end, steps + 1, dtype=dtype, device=device)
     if spacing == "logsnr":
-        ends = log_snr(torch.tensor([1.0, t_end], dtype=torch.float64))
-        lams = torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64)
+        ends = [_log_snr_scalar(1.0), _log_snr_scalar(t_end)]
+        lams = torch.linspace(ends[0], ends[1], steps + 1, dtype=torch.float64, device=device)
         grid = t_from_log_snr(lams)
         grid[0], grid[-1] = 1.0, t_end
-        return grid.to(dtype=dtype, device=device)
+        return grid.to(dtype)
     raise ValueError(f"unknown time grid {spacing!r}; choose 'uniform' or 'logsnr'")
+
+
+def _log_snr_scalar(t, beta_min=BETA_MIN, beta_max=BETA_MAX):
+    log_a = -beta_min * t - 0.5 * (beta_max - beta_min) * t**2
+    return log_a - math.log(-math.expm1(log_a))
 
 
 def _per_sample(v, like):

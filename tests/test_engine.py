@@ -1,0 +1,71 @@
+"""The fast engine against the reference: the same images from the same noise."""
+import pytest
+import torch
+
+from ecdp.engine import CachedDenoiser, GraphedSolve, fast_resolver
+from ecdp.modelfile import ModelConfig
+from ecdp.nets import ResBlock, build
+from ecdp.pipeline import SuperResolver
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    net = build("tiny").eval()
+    for blk in net.modules():
+        if isinstance(blk, ResBlock):
+            torch.nn.init.normal_(blk.conv2.weight, std=0.05)
+    return net
+
+
+def _inputs(batch=1, size=12, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.rand(batch, 3, size, size, generator=g)
+    z1 = torch.randn(batch, 3, 4 * size, 4 * size, generator=g)
+    return y.to(device), z1.to(device)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dpmpp2m"])
+def test_fast_matches_reference_in_fp32(tiny, solver):
+    config = ModelConfig(sigma=0.2)
+    y, z1 = _inputs(batch=2)
+    with torch.inference_mode():
+        reference = SuperResolver(tiny, config, solver=solver, steps=3)(y, z1)
+        fast = fast_resolver(tiny, config, solver=solver, steps=3)(y, z1)
+    assert (fast - reference).abs().max().item() <= 1e-4
+
+
+def test_cache_holds_one_tensor_per_block(tiny):
+    y, _ = _inputs()
+    cache = CachedDenoiser(tiny, 4).encode(y)
+    blocks = [m for m in tiny.denoiser.modules() if isinstance(m, ResBlock)]
+    assert len(cache) == len(blocks)
+    assert cache[0].shape[-2:] == (48, 48) and cache[-1].shape[-2:] == (48, 48)
+
+
+def _check_static_solve(tiny, device):
+    config = ModelConfig(sigma=0.2)
+    resolver = fast_resolver(tiny.to(device), config, solver="heun", steps=2)
+    graphed = GraphedSolve(resolver, max_graphs=2)
+    with torch.inference_mode():
+        for seed, size in [(0, 8), (1, 8), (2, 12), (3, 16), (4, 8)]:
+            y, z1 = _inputs(size=size, seed=seed, device=device)
+            out = graphed(y, z1)
+            assert torch.allclose(out, resolver(y, z1), atol=1e-5)
+    assert len(graphed.graphs) == 2
+    assert [k[0][-1] for k in graphed.graphs] == [16, 8]
+
+
+def test_static_buffer_solve_on_cpu(tiny):
+    """The loop a CUDA graph replays: buffers per shape, refilled per call, LRU of two."""
+    _check_static_solve(tiny, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_capture_and_replay(tiny):
+    _check_static_solve(tiny, "cuda")
+
+
+def test_dopri5_cannot_be_captured(tiny):
+    with pytest.raises(ValueError, match="fixed-step"):
+        GraphedSolve(fast_resolver(tiny, ModelConfig(), solver="dopri5"))
