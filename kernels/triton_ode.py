@@ -1,0 +1,104 @@
+"""Triton ODE update: hybrid noise estimate, probability-flow drift and solver update in one pass.
+
+The formulas and the per-sample coefficient layout are in ecdp.kernels.ode_coef. Every image
+tensor is addressed as (batch, channel, spatial) with its own strides, so the network's head
+outputs (channel slices of one 6-channel tensor) are read in place. A program handles BLOCK
+positions of one (sample, channel); it reads each input element once and writes each output once,
+so outputs may alias inputs.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ecdp.kernels.ode_coef import COEF_FIELDS
+from ecdp.kernels.layout import as_bcs, bcs_strides
+
+BLOCK = 1024
+
+
+@triton.jit
+def _load(ptr, b, c, s, sb, sc, ss, mask):
+    return tl.load(ptr + b.to(tl.int64) * sb + c * sc + s * ss, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _ode_update(z_ptr, e_ptr, x0h_ptr, base_ptr, acc_ptr, coef_ptr, out_ptr, acc_out_ptr, S,
+                szb, szc, szs, seb, sec, ses, sxb, sxc, sxs, sbb, sbc, sbs, sab, sac, sas,
+                sob, soc, sos, spb, spc, sps,
+                NCOEF: tl.constexpr, HAS_BASE: tl.constexpr, HAS_ACC: tl.constexpr,
+                WRITE_ACC: tl.constexpr, BLOCK: tl.constexpr):
+    s = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    c = tl.program_id(1)
+    b = tl.program_id(2)
+    mask = s < S
+    k = coef_ptr + b * NCOEF
+    sqrt_a, sigma, lam, beta = tl.load(k), tl.load(k + 1), tl.load(k + 2), tl.load(k + 3)
+    z_base, z_f, z_x0, z_acc = tl.load(k + 4), tl.load(k + 5), tl.load(k + 6), tl.load(k + 7)
+    acc_acc, acc_f, acc_x0 = tl.load(k + 8), tl.load(k + 9), tl.load(k + 10)
+
+    z = _load(z_ptr, b, c, s, szb, szc, szs, mask)
+    eps_hat = _load(e_ptr, b, c, s, seb, sec, ses, mask)
+    z0_hat = _load(x0h_ptr, b, c, s, sxb, sxc, sxs, mask)
+    eps_hyb = lam * eps_hat + (1.0 - lam) * (z - sqrt_a * z0_hat) / sigma
+    f = -0.5 * beta * (z - eps_hyb / sigma)
+    x0_hyb = (z - sigma * eps_hyb) / sqrt_a
+    z_next = z_f * f + z_x0 * x0_hyb
+    acc_next = acc_f * f + acc_x0 * x0_hyb
+    if HAS_BASE:
+        z_next += z_base * _load(base_ptr, b, c, s, sbb, sbc, sbs, mask)
+    else:
+        z_next += z_base * z
+    if HAS_ACC:
+        acc = _load(acc_ptr, b, c, s, sab, sac, sas, mask)
+        z_next += z_acc * acc
+        acc_next += acc_acc * acc
+    b64 = b.to(tl.int64)
+    tl.store(out_ptr + b64 * sob + c * soc + s * sos, z_next.to(out_ptr.dtype.element_ty), mask=mask)
+    if WRITE_ACC:
+        tl.store(acc_out_ptr + b64 * spb + c * spc + s * sps,
+                 acc_next.to(acc_out_ptr.dtype.element_ty), mask=mask)
+
+
+def _output(buffer, like, dtype, name):
+    if buffer is None:
+        return torch.empty_like(like, dtype=dtype)
+    if buffer.shape != like.shape or bcs_strides(buffer) is None:
+        raise ValueError(f"{name} must have shape {tuple(like.shape)} and a dense (B, C, spatial) layout")
+    return buffer
+
+
+def ode_update(z_t, eps_hat, z0_hat, coef, *, base=None, acc=None, write_acc=False, out=None, acc_out=None):
+    """The Triton version of ecdp.kernels.reference.ode_update (same signature and results)."""
+    if z_t.dim() < 2:
+        raise ValueError(f"ode_update expects (B, C, ...) tensors, got shape {tuple(z_t.shape)}")
+    if coef.shape != (z_t.shape[0], len(COEF_FIELDS)):
+        raise ValueError(f"coef must have shape ({z_t.shape[0]}, {len(COEF_FIELDS)}), got {tuple(coef.shape)}")
+    B, C = z_t.shape[:2]
+    S = math.prod(z_t.shape[2:])
+    state = z_t if base is None else base
+    out = _output(out, z_t, state.dtype, "out")
+    write_acc = write_acc or acc_out is not None
+    if write_acc:
+        acc_out = _output(acc_out, z_t, state.dtype if acc is None else acc.dtype, "acc_out")
+    if z_t.numel() == 0:
+        return out, acc_out
+    inputs = [z_t, eps_hat, z0_hat, base, acc]
+    strides = []
+    for i, t in enumerate(inputs):
+        if t is None:
+            inputs[i] = z_t
+            strides += [0, 0, 0]
+            continue
+        if t.shape != z_t.shape:
+            raise ValueError(f"ode_update inputs must share the shape {tuple(z_t.shape)}, got {tuple(t.shape)}")
+        inputs[i], st = as_bcs(t)
+        strides += st
+    written = acc_out if write_acc else out
+    strides += [*bcs_strides(out), *bcs_strides(written)]
+    grid = (triton.cdiv(S, BLOCK), C, B)
+    _ode_update[grid](*inputs, coef.float().contiguous(), out, written, S, *strides,
+                      NCOEF=len(COEF_FIELDS), HAS_BASE=base is not None, HAS_ACC=acc is not None,
+                      WRITE_ACC=write_acc, BLOCK=BLOCK, num_warps=4)
+    return out, acc_out if write_acc else None
