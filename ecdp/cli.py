@@ -5,7 +5,7 @@ import sys
 
 from ecdp.errors import UserError
 
-COMMANDS = ()
+COMMANDS = ("eval", "upscale")
 
 
 def main(argv=None):

@@ -16,6 +16,7 @@ from torch import nn
 
 from ecdp.pipeline import SuperResolver
 from ecdp.resize import resize_matrix
+from ecdp.sampling import EVALS_PER_STEP
 
 
 class CachedDenoiser(nn.Module):
@@ -73,17 +74,15 @@ def fast_resolver(net, config, *, dtype=None, channels_last=False, compile_mode=
 
 
 class GraphedSolve:
-    """Replay the whole fixed-step solve from static buffers, one set per input shape (an LRU).
+    """Replay a fixed-shape function fn(y, z1) -> tensor from static buffers, one set per input shape.
 
     On CUDA each set is a captured CUDA graph: the host only copies the inputs in, replays, and
-    copies the output out, with no synchronization inside the solve. Elsewhere the same
-    static-buffer loop runs the solve eagerly. A lock serializes callers (buffers are shared).
+    copies the output out, with no synchronization inside. Elsewhere the same static-buffer loop
+    runs fn eagerly. A small LRU keeps the sets; a lock serializes callers (buffers are shared).
     """
 
-    def __init__(self, resolver, max_graphs=4, warmup=2):
-        if resolver.solver == "dopri5":
-            raise ValueError("a captured solve needs a fixed-step solver; dopri5 chooses its steps at run time")
-        self.resolver, self.max_graphs, self.warmup = resolver, max_graphs, warmup
+    def __init__(self, fn, max_graphs=4, warmup=2):
+        self.fn, self.max_graphs, self.warmup = fn, max_graphs, warmup
         self.graphs = collections.OrderedDict()
         self.lock = threading.Lock()
 
@@ -103,15 +102,24 @@ class GraphedSolve:
 
     def _capture(self, static_y, static_z1):
         if static_y.device.type != "cuda":
-            static_out = self.resolver(static_y, static_z1)
-            return (lambda: static_out.copy_(self.resolver(static_y, static_z1))), static_y, static_z1, static_out
+            static_out = self.fn(static_y, static_z1)
+            return (lambda: static_out.copy_(self.fn(static_y, static_z1))), static_y, static_z1, static_out
         side = torch.cuda.Stream(device=static_y.device)
         side.wait_stream(torch.cuda.current_stream(static_y.device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
-                self.resolver(static_y, static_z1)
+                self.fn(static_y, static_z1)
         torch.cuda.current_stream(static_y.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_out = self.resolver(static_y, static_z1)
+            static_out = self.fn(static_y, static_z1)
         return graph.replay, static_y, static_z1, static_out
+
+
+def graphed_latent(resolver, max_graphs=4):
+    """The resolver's latent solve (y, z1) -> (z, nfe) replayed from captured graphs."""
+    if resolver.solver == "dopri5":
+        raise ValueError("a captured solve needs a fixed-step solver; dopri5 chooses its steps at run time")
+    graphed = GraphedSolve(lambda y, z1: resolver.latent(y, z1)[0], max_graphs)
+    nfe = resolver.steps * EVALS_PER_STEP[resolver.solver]
+    return lambda y, z1: (graphed(y, z1), nfe)

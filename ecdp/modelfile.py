@@ -142,5 +142,5 @@ def resolve_model(path):
     if str(path) != "default":
         return Path(path)
     if not (DEFAULT_MODEL / CONFIG).is_file():
-        raise ModelFileError("no built-in default model is installed yet; pass a model folder.")
+        raise ModelFileError("no built-in default model is installed yet; pass a model folder (--checkpoint PATH).")
     return DEFAULT_MODEL

@@ -3,7 +3,6 @@
 ``x = clamp(mu(y) + sigma * z(t_end), 0, 1)`` where z solves eq. 13 from the prior sample z1 (eq. 12).
 One module serves the Python API, the exporters and the fast engines.
 """
-import torch
 from torch import nn
 
 from ecdp.resize import upscale as upscale_bicubic
@@ -28,13 +27,19 @@ class SuperResolver(nn.Module):
         """Shape of the prior sample z1 for an LR batch y."""
         return (y.shape[0], 3, y.shape[-2] * self.scale, y.shape[-1] * self.scale)
 
+    def latent(self, y, z1):
+        """(z(t_end), nfe): the probability-flow solve from z1, conditioned on y's encoder features."""
+        return solve(self.net, z1, self.net.encode(y), solver=self.solver, steps=self.steps, param=self.param,
+                     c=self.c, grid=self.grid, atol=self.atol, rtol=self.rtol, t_end=self.t_end)
+
+    def image(self, y, z):
+        """x = clamp(mu(y) + sigma z, 0, 1)."""
+        return (self.upscale(y) + self.sigma * z).clamp(0, 1)
+
     def run(self, y, z1):
         """Return (x, nfe) for LR images y (B, 3, h, w) in [0, 1] and prior noise z1."""
-        mu = self.upscale(y)
-        cond = self.net.encode(y)
-        z, nfe = solve(self.net, z1, cond, solver=self.solver, steps=self.steps, param=self.param, c=self.c,
-                       grid=self.grid, atol=self.atol, rtol=self.rtol, t_end=self.t_end)
-        return (mu + self.sigma * z).clamp(0, 1), nfe
+        z, nfe = self.latent(y, z1)
+        return self.image(y, z), nfe
 
     def forward(self, y, z1):
         return self.run(y, z1)[0]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ecdp.engine import CachedDenoiser, GraphedSolve, fast_resolver
+from ecdp.engine import CachedDenoiser, GraphedSolve, fast_resolver, graphed_latent
 from ecdp.modelfile import ModelConfig
 from ecdp.nets import ResBlock, build
 from ecdp.pipeline import SuperResolver
@@ -47,6 +47,7 @@ def _check_static_solve(tiny, device):
     config = ModelConfig(sigma=0.2)
     resolver = fast_resolver(tiny.to(device), config, solver="heun", steps=2)
     graphed = GraphedSolve(resolver, max_graphs=2)
+    assert graphed_latent(resolver)(*_inputs(size=8, device=device))[1] == 4
     with torch.inference_mode():
         for seed, size in [(0, 8), (1, 8), (2, 12), (3, 16), (4, 8)]:
             y, z1 = _inputs(size=size, seed=seed, device=device)
@@ -68,4 +69,4 @@ def test_cuda_graph_capture_and_replay(tiny):
 
 def test_dopri5_cannot_be_captured(tiny):
     with pytest.raises(ValueError, match="fixed-step"):
-        GraphedSolve(fast_resolver(tiny, ModelConfig(), solver="dopri5"))
+        graphed_latent(fast_resolver(tiny, ModelConfig(), solver="dopri5"))

@@ -1,0 +1,101 @@
+import io
+
+import pytest
+from PIL import Image
+
+from ecdp.cli import main
+from test_upscaler import SCALE, image_of_mode, random_uint8, save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(save_tiny_model(tmp_path_factory.mktemp("model"), steps=1))
+
+
+def upscale(model, *args):
+    return main(["upscale", *map(str, args), "--checkpoint", model, "--device", "cpu"])
+
+
+def files_under(folder):
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+def one_line(capsys):
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _truncated_png(path):
+    buffer = io.BytesIO()
+    Image.fromarray(random_uint8((16, 16, 3))).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue()[:200])
+
+
+BAD_FILES = {
+    "missing": lambda path: None,
+    "empty": lambda path: path.write_bytes(b""),
+    "truncated": _truncated_png,
+    "text": lambda path: path.write_text("not an image\n"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_bad_input_is_one_sentence_and_no_output(model, tmp_path, capsys, kind):
+    src, out = tmp_path / f"{kind}.png", tmp_path / "out"
+    BAD_FILES[kind](src)
+    assert upscale(model, src, "-o", out) == 1
+    line = one_line(capsys)
+    assert line.startswith(f"ecdp upscale: error: {src}: ")
+    assert files_under(out) == []
+
+
+def test_failed_write_leaves_no_file(model, tmp_path, capsys):
+    src, out = tmp_path / "in.png", tmp_path / "out"
+    Image.fromarray(random_uint8((8, 8, 4))).save(src)
+    assert upscale(model, src, "-o", out / "x.jpg") == 1
+    assert "cannot be written as JPEG (cannot write mode RGBA as JPEG)" in one_line(capsys)
+    assert files_under(out) == []
+
+
+def test_missing_default_model_is_one_sentence(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("ecdp.modelfile.DEFAULT_MODEL", tmp_path / "not-installed")
+    src = tmp_path / "in.png"
+    Image.fromarray(random_uint8((8, 8, 3))).save(src)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "out")]) == 1
+    assert one_line(capsys) == ("ecdp upscale: error: no built-in default model is installed yet; "
+                                "pass a model folder (--checkpoint PATH).")
+
+
+@pytest.mark.parametrize("mode, out_mode", [("L", "L"), ("RGBA", "RGBA"), ("P", "RGB"), ("I;16", "I;16")])
+def test_modes_are_kept(model, tmp_path, mode, out_mode):
+    image = image_of_mode(mode, w=12, h=8)
+    image.save(tmp_path / "in.png")
+    assert upscale(model, tmp_path / "in.png", "-o", tmp_path / "out.png") == 0
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.mode == out_mode and out.size == (SCALE * 12, SCALE * 8)
+
+
+def test_several_files_are_all_written(model, tmp_path):
+    inputs = [tmp_path / name for name in ("a.png", "b.bmp", "c.unknown")]
+    for index, path in enumerate(inputs):
+        Image.fromarray(random_uint8((8, 8, 3), seed=index)).save(path, format="PNG" if index != 1 else "BMP")
+    assert upscale(model, *inputs, "-o", tmp_path / "out") == 0
+    assert files_under(tmp_path / "out") == ["a.png", "b.bmp", "c.png"]
+    with Image.open(tmp_path / "out" / "b.bmp") as out:
+        assert out.size == (SCALE * 8, SCALE * 8)
+
+
+def test_a_bad_file_does_not_stop_the_others(model, tmp_path, capsys):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.fromarray(random_uint8((8, 8, 3))).save(good)
+    bad.write_text("not an image\n")
+    assert upscale(model, bad, good, "-o", tmp_path / "out") == 1
+    assert files_under(tmp_path / "out") == ["good.png"]
+    assert f"{bad}: not a readable image" in capsys.readouterr().err
+
+
+def test_help_says_how_failures_end(capsys):
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    assert "exits with status 1" in " ".join(capsys.readouterr().out.split())
