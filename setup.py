@@ -16,6 +16,7 @@ setup(
         "pillow",
         "tqdm",
         "pyyaml",
+        "scikit-image",
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "scikit-image", "onnx", "onnxruntime", "triton"],

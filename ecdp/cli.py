@@ -5,7 +5,7 @@ import sys
 
 from ecdp.errors import UserError
 
-COMMANDS = ("eval", "upscale")
+COMMANDS = ("upscale", "demo", "train", "eval")
 
 
 def main(argv=None):

@@ -1,5 +1,4 @@
 """Exact PyTorch references of the fused kernels."""
-import torch
 import torch.nn.functional as F
 
 

@@ -1,0 +1,312 @@
+"""Training configuration: nested dataclasses loaded from YAML, with ``--set section.key=value`` overrides.
+
+Every field is documented where it is declared. Values are checked against the field's type;
+an unknown key is a UserError that names it and suggests the closest valid key.
+"""
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ecdp.data import AUGMENTS
+from ecdp.errors import UserError
+from ecdp.losses import ADJOINT_SOLVERS
+from ecdp.nets import PRESETS
+from ecdp.parametrization import PARAMETRIZATIONS
+from ecdp.sampling import SOLVERS
+
+STAGES = ("encoder", "score", "quality")
+GRIDS = ("uniform", "logsnr")
+CHOICES = {
+    "model.preset": tuple(PRESETS),
+    "model.param": PARAMETRIZATIONS,
+    "data.augment": AUGMENTS,
+    "quality_stage.solver": SOLVERS,
+    "quality_stage.grid": GRIDS,
+    "sample.solver": SOLVERS,
+    "sample.grid": GRIDS,
+}
+
+
+@dataclass
+class ModelSection:
+    """The network and the diffusion in normalized residual space."""
+
+    preset: str = "tiny"
+    """Network size: a preset of ecdp.nets (tiny, small, paper)."""
+    scale: int = 4
+    """Super-resolution factor s: LR images are HR images downscaled by s."""
+    sigma: float | None = None
+    """std of x - mu(y) (eq. 5's constant); null estimates it from data.sigma_crops training crops."""
+    param: str = "hybrid"
+    """Parametrization of the noise estimate: hybrid, eps or x0 (eq. 14, 15, 18)."""
+    c: float = 1.0
+    """Exponent of the hybrid mixing weight lambda(t) = alpha(t)**c."""
+
+
+@dataclass
+class DataSection:
+    """Training images and how crops are made from them."""
+
+    hr: list[str] = field(default_factory=list)
+    """HR image folders, searched recursively (``--data`` replaces this list)."""
+    lr: list[str] = field(default_factory=list)
+    """LR folders paired one to one with ``hr`` (same relative names, optional xS suffix); empty:
+    LR images are made by bicubic downscaling, quantized to 8 bits."""
+    crop: int | None = 64
+    """HR crop size, a multiple of model.scale; null uses whole images (all of one size)."""
+    center_resize: int | None = None
+    """Center-crop each HR image to a square and resize it to this size first (CelebA 160,
+    ImageNet 256); null keeps images as they are."""
+    augment: str = "dihedral"
+    """Random augmentation of the crops: none, flip (horizontal) or dihedral (flips and 90-degree turns)."""
+    cache_mb: int = 1024
+    """Decode all images into memory at start when they take at most this many MiB; 0 never."""
+    workers: int = 2
+    """DataLoader worker processes per training process (0: load in the training process)."""
+    sigma_crops: int = 256
+    """Number of random training crops over which model.sigma is estimated when it is null."""
+
+
+@dataclass
+class TrainSection:
+    """Optimization of the score stage; the other stages override some of these fields."""
+
+    steps: int = 200
+    """Number of optimizer steps of the stage."""
+    batch: int = 8
+    """Global batch size, split evenly across processes."""
+    lr: float = 1e-4
+    """Adam learning rate of the denoiser (of every parameter in the encoder stage)."""
+    encoder_lr: float = 1e-5
+    """Adam learning rate of the LR encoder."""
+    warmup: int = 500
+    """Steps of linear learning-rate warm-up from 0."""
+    decay_steps: list[int] = field(default_factory=list)
+    """Steps at which the learning rate is multiplied by gamma."""
+    gamma: float = 0.5
+    """Learning-rate decay factor at each of decay_steps."""
+    clip: float = 10.0
+    """Gradient values are clipped to [-clip, clip]; 0 disables clipping."""
+    ema: float = 0.999
+    """Decay of the exponential moving average of the weights (evaluated and exported)."""
+    t_eps: float = 1e-5
+    """Smallest diffusion time drawn by the score-matching loss."""
+    checkpoint_every: int = 1000
+    """Write a checkpoint and the EMA model every this many steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Number of most recent checkpoints kept in OUT/checkpoints."""
+    log_every: int = 10
+    """Append the mean loss to OUT/log.csv every this many steps."""
+    seed: int = 0
+    """Seed of the initial weights, the data order, the crops and the noise."""
+    init: str | None = None
+    """Model folder whose weights start the stage (required by the quality stage: the score-stage
+    OUT/model)."""
+    init_encoder: str | None = None
+    """Encoder-stage output (its OUT folder or OUT/encoder.safetensors) that initializes the encoder."""
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    check_sync_every: int = 0
+    """With several processes, compare a checksum of the weights across processes every this many
+    steps and stop if they differ; 0 never."""
+
+
+@dataclass
+class StageOverrides:
+    """Fields that replace train.* in one stage; null keeps the train value."""
+
+    steps: int | None = None
+    """Number of optimizer steps of the stage."""
+    batch: int | None = None
+    """Global batch size of the stage."""
+    lr: float | None = None
+    """Learning rate of the stage."""
+    encoder_lr: float | None = None
+    """Learning rate of the encoder in the stage (unused by the encoder stage)."""
+    warmup: int | None = None
+    """Warm-up steps of the stage."""
+    decay_steps: list[int] | None = None
+    """Decay steps of the stage."""
+    ema: float | None = None
+    """EMA decay of the stage."""
+
+
+@dataclass
+class QualityStage(StageOverrides):
+    """Overrides of the quality stage, and the image quality loss (eq. 19) it adds."""
+
+    weight: float = 0.5
+    """Weight of the quality loss added to the score-matching loss."""
+    feature: str = "vgg19"
+    """Feature map F of the quality loss (ecdp.features): pixel or vgg19."""
+    feature_weights: str | None = None
+    """Weight file of the feature map (null: its default location, see ecdp.features)."""
+    solver: str = "heun"
+    """Fixed-step ODE solver of the sample SR(y) inside the loss."""
+    ode_steps: int = 10
+    """Steps of that solver."""
+    grid: str = "logsnr"
+    """Time grid of that solver: uniform or logsnr."""
+    adjoint: bool = True
+    """Gradients through the solve by the adjoint method (memory independent of ode_steps)."""
+
+
+@dataclass
+class SampleSection:
+    """Default sampler stored in the exported model."""
+
+    solver: str = "heun"
+    """ODE solver: dopri5, euler, heun, rk4 or dpmpp2m."""
+    steps: int = 10
+    """Steps of a fixed-step solver."""
+    grid: str = "logsnr"
+    """Time grid of a fixed-step solver: uniform or logsnr."""
+
+
+@dataclass
+class Config:
+    """A training configuration."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    encoder_stage: StageOverrides = field(default_factory=StageOverrides)
+    quality_stage: QualityStage = field(default_factory=QualityStage)
+    sample: SampleSection = field(default_factory=SampleSection)
+
+    def stage_settings(self, stage):
+        """train.* with the overrides of ``stage`` applied."""
+        if stage not in STAGES:
+            raise UserError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}.")
+        overrides = {"encoder": self.encoder_stage, "quality": self.quality_stage}.get(stage)
+        if overrides is None:
+            return self.train
+        changed = {f.name: getattr(overrides, f.name) for f in dataclasses.fields(StageOverrides)}
+        return dataclasses.replace(self.train, **{k: v for k, v in changed.items() if v is not None})
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def load_config(path=None, overrides=()):
+    """A Config from a YAML file (None: the defaults), then ``key=value`` overrides applied in order."""
+    config = Config()
+    if path is not None:
+        _apply(config, _read_yaml(path), source=str(path))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r} is not of the form section.key=value.")
+        set_value(config, key.strip(), value.strip(), source="--set")
+    _check(config)
+    return config
+
+
+def set_value(config, key, value, source="--set"):
+    """Set the dotted ``key`` to ``value`` (a string is parsed as the field's type)."""
+    section_name, _, name = key.partition(".")
+    section = getattr(config, section_name, None) if section_name in _fields(Config) else None
+    if section is None or name not in _fields(type(section)):
+        raise UserError(f"unknown config key {key!r} in {source}{_suggestion(key)}")
+    hint = typing.get_type_hints(type(section))[name]
+    setattr(section, name, _coerce(value, hint, f"{key} (in {source})"))
+
+
+def valid_keys():
+    """All dotted keys of a Config."""
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(Config) for f in dataclasses.fields(s.default_factory)]
+
+
+def _check(config):
+    """Raise a UserError for a value outside its choices or an impossible crop."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise UserError(f"{key} is {value!r}; choose one of {', '.join(allowed)}.")
+    quality = config.quality_stage
+    if quality.adjoint and quality.solver not in ADJOINT_SOLVERS:
+        raise UserError(f"quality_stage.solver {quality.solver!r} has no adjoint; choose one of "
+                        f"{', '.join(ADJOINT_SOLVERS)} or set quality_stage.adjoint to false.")
+    scale, crop = config.model.scale, config.data.crop
+    if scale < 1 or (crop is not None and (crop < scale or crop % scale)):
+        raise UserError(f"data.crop ({crop}) must be a positive multiple of model.scale ({scale}).")
+
+
+def _read_yaml(path):
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"config file {path} cannot be read as YAML ({e}).") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections.")
+    return data
+
+
+def _apply(config, data, source):
+    for section_name, values in data.items():
+        if section_name not in _fields(Config):
+            sections = sorted(_fields(Config))
+            raise UserError(f"unknown config section {section_name!r} in {source}{_suggestion(section_name, sections)}")
+        if not isinstance(values, (dict, type(None))):
+            raise UserError(f"{source}: {section_name} must be a section of key: value pairs.")
+        for name, value in (values or {}).items():
+            set_value(config, f"{section_name}.{name}", value, source=source)
+
+
+def _fields(cls):
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _suggestion(key, candidates=None):
+    """'; did you mean ...?' naming the closest of ``candidates`` (default: all keys), or '.'."""
+    close = difflib.get_close_matches(str(key), candidates or valid_keys(), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else "."
+
+
+def _coerce(value, hint, where):
+    """``value`` (parsed YAML, or a string from the command line) as type ``hint``."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), where)
+    if typing.get_origin(hint) is list:
+        if isinstance(value, str) and value.startswith("["):
+            value = _parse_yaml(value, where)
+        items = value if isinstance(value, list) else [value]
+        return [_coerce(v, args[0], where) for v in items]
+    return _scalar(value, hint, where)
+
+
+def _scalar(value, kind, where):
+    if isinstance(value, str) and kind is not str:
+        value = _parse_yaml(value, where)
+    try:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    except ValueError:
+        pass
+    raise UserError(f"{where} must be of type {kind.__name__}, got {value!r}.")
+
+
+def _parse_yaml(text, where):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"{where}: cannot parse {text!r}.") from None

@@ -1,0 +1,489 @@
+"""The trainer: encoder, score and quality stages (DESIGN section 2), on one or several processes.
+
+- ``encoder``: L1 regression of x by mu(y) + head(encoder(y)); the head is dropped and the EMA
+  encoder is written to ``OUT/encoder.safetensors`` (``train.init_encoder`` of the score stage).
+- ``score``: score matching (eq. 16); ``quality``: score matching + weight * quality loss (eq. 19),
+  started from ``train.init``. Both write the EMA model to ``OUT/model`` (an ``ecdp`` model folder).
+
+Adam with a learning rate per module (denoiser, encoder), linear warm-up and step decay (a pure
+function of the step), gradient value clipping, EMA weights. A checkpoint (``OUT/checkpoints/step-N``)
+holds safetensors (weights, EMA, flattened Adam state, torch RNG states) and ``state.json``; all
+other randomness is derived from (seed, step, rank) and (seed, epoch, index), so a resumed run
+continues exactly. Under ``torchrun`` the loss module runs in DistributedDataParallel and rank 0
+alone writes files.
+"""
+import copy
+import csv
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ecdp.data import NOISE, BatchOrder, DataWarning, SRDataset, derived_generator, estimate_sigma
+from ecdp.errors import UserError
+from ecdp.features import feature_map
+from ecdp.fileio import atomic_path
+from ecdp.losses import quality_loss, score_matching_loss
+from ecdp.modelfile import ModelConfig, load_model, save_model
+from ecdp.nets import PRESETS, RRDBEncoder, build
+from ecdp.resize import upscale
+
+ENCODER_FILE = "encoder.safetensors"
+CHECKPOINTS = "checkpoints"
+LOG = "log.csv"
+STATE = "state.json"
+TENSOR_FILES = ("model", "ema", "optimizer", "rng")
+
+
+@dataclass
+class Process:
+    """This process's place in the run."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+class Regressor(nn.Module):
+    """The encoder-stage network: x ~ mu(y) + head(encoder(y)); the head upsamples by pixel shuffle."""
+
+    def __init__(self, cfg, scale):
+        super().__init__()
+        self.scale = scale
+        self.encoder = RRDBEncoder(cfg)
+        self.head = nn.Sequential(nn.Conv2d(cfg.cond_channels, cfg.enc_nf * scale**2, 3, padding=1),
+                                  nn.PixelShuffle(scale), nn.LeakyReLU(0.2),
+                                  nn.Conv2d(cfg.enc_nf, 3, 3, padding=1))
+
+    def forward(self, y):
+        return bicubic_up(y, self.scale) + self.head(self.encoder(y))
+
+
+class RegressionLoss(nn.Module):
+    """L1 between the regressor's output and x."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, y, x, generator):
+        return F.l1_loss(self.net(y), x)
+
+
+class DiffusionLoss(nn.Module):
+    """Score matching (eq. 16) in z = (x - mu) / sigma, plus weight * quality loss (eq. 19) when a
+    feature map is given. DDP wraps this module, so its hooks see every use of the network."""
+
+    def __init__(self, net, *, scale, sigma, t_eps, feature=None, weight=0.0, quality_options=None):
+        super().__init__()
+        self.net, self.feature = net, feature
+        self.scale, self.sigma, self.t_eps = scale, sigma, t_eps
+        self.weight, self.quality_options = weight, quality_options or {}
+
+    def forward(self, y, x, generator):
+        mu = bicubic_up(y, self.scale)
+        cond = self.net.encode(y)
+        loss = score_matching_loss(self.net, (x - mu) / self.sigma, cond, t_eps=self.t_eps, generator=generator)
+        if self.feature is None:
+            return loss
+        quality = quality_loss(self.net, y, x, mu, self.sigma, cond, self.feature, generator=generator,
+                               **self.quality_options)
+        return loss + self.weight * quality
+
+
+def bicubic_up(y, scale):
+    """mu(y) in float32, also under autocast: in bf16 its rounding (about 2e-3) would be a visible
+    error in z0 = (x - mu) / sigma."""
+    with torch.autocast(y.device.type, enabled=False):
+        return upscale(y.float(), scale)
+
+
+def train(config, *, stage, out, resume=False, device=None):
+    """Run ``stage`` ("encoder", "score" or "quality") of ``config``, writing into the folder ``out``."""
+    process = _start_processes(device)
+    try:
+        Trainer(config, stage, Path(out), process, resume).run()
+    finally:
+        if process.world > 1:
+            dist.destroy_process_group()
+
+
+def _start_processes(device):
+    """This process under torchrun (WORLD_SIZE, RANK, LOCAL_RANK) or alone; NCCL on GPU, gloo on CPU."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device("cuda", local if world > 1 else device.index or 0)
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if rank:
+        warnings.filterwarnings("ignore", category=DataWarning)
+    return Process(rank, world, device)
+
+
+class Trainer:
+    """One stage of training: builds everything, then runs the step loop."""
+
+    def __init__(self, config, stage, out, process, resume):
+        self.config, self.stage, self.out, self.process = config, stage, out, process
+        self.settings = config.stage_settings(stage)
+        checkpoint = latest_checkpoint(out)
+        if checkpoint and not resume:
+            raise UserError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out.")
+        state = json.loads((checkpoint / STATE).read_text()) if checkpoint else None
+        if state and state["stage"] != stage:
+            raise UserError(f"{checkpoint} is from the {state['stage']} stage, not the {stage} stage.")
+        self.dataset = _dataset(config)
+        torch.manual_seed(self.settings.seed)
+        self.objective, self.sigma = self._build(state)
+        self.objective.to(process.device)
+        self.net = self.objective.net
+        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self._param_groups())
+        self.step = self.samples = 0
+        if checkpoint:
+            self._load(checkpoint, state)
+        self.wrapped = self.objective
+        if process.world > 1:
+            if not _same_everywhere(torch.tensor([self.step], device=process.device)):
+                raise UserError(f"the processes start from different steps: {out} must be on a file system "
+                                "that every node shares.")
+            ids = [process.device.index] if process.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(self.objective, device_ids=ids)
+
+    def run(self):
+        """Train up to settings.steps, checkpointing, logging and exporting on rank 0."""
+        if self.process.is_main:
+            self._write_config()
+        batches = iter(self._loader())
+        log = _Log(self.out / LOG, self.step, self.process)
+        bar = tqdm(total=self.settings.steps, initial=self.step, desc=self.stage, disable=not self.process.is_main,
+                   dynamic_ncols=True)
+        while self.step < self.settings.steps:
+            loss = self._train_step(next(batches))
+            self.step += 1
+            self.samples += self.settings.batch
+            bar.update()
+            log.add(loss)
+            if self._due(self.settings.log_every) or self.step == self.settings.steps:
+                bar.set_postfix(loss=f"{log.write(self.step, self._lr()):.4g}")
+            if self.process.world > 1 and self._due(self.settings.check_sync_every):
+                check_sync(self.net, self.step)
+            if self._due(self.settings.checkpoint_every) or self.step == self.settings.steps:
+                self._checkpoint()
+        bar.close()
+
+    def _due(self, every):
+        """Whether something done every ``every`` steps (0: never) is due after this step."""
+        return every > 0 and self.step % every == 0
+
+    def _train_step(self, batch):
+        y, x = (v.to(self.process.device, non_blocking=True) for v in batch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lr_factor(self.step, self.settings)
+        generator = derived_generator(NOISE, self.settings.seed, self.step, self.process.rank,
+                                      device=self.process.device)
+        amp = self.process.device.type == "cuda" and self.settings.amp
+        with torch.autocast(self.process.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = self.wrapped(y, x, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.settings.clip:
+            nn.utils.clip_grad_value_(self.net.parameters(), self.settings.clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - self.settings.ema)
+        return loss.detach()
+
+    def _lr(self):
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _build(self, state):
+        """The loss module of the stage (its network initialized) and sigma (None in the encoder stage)."""
+        model, settings = self.config.model, self.settings
+        if self.stage == "encoder":
+            net = Regressor(PRESETS[model.preset], model.scale)
+            _freeze_unused(net.encoder)
+            return RegressionLoss(net), None
+        net = build(model.preset)
+        init_sigma = None if state else self._init_weights(net)
+        sigma = state["sigma"] if state else self._sigma(init_sigma)
+        _freeze_unused(net.encoder)
+        options = dict(scale=model.scale, sigma=sigma, t_eps=settings.t_eps)
+        if self.stage == "quality":
+            q = self.config.quality_stage
+            options.update(feature=feature_map(q.feature, q.feature_weights), weight=q.weight, quality_options=dict(
+                solver=q.solver, steps=q.ode_steps, grid=q.grid, param=model.param, c=model.c, adjoint=q.adjoint))
+        return DiffusionLoss(net, **options), sigma
+
+    def _init_weights(self, net):
+        """Load train.init (a model folder) or train.init_encoder into ``net``; the init model's sigma."""
+        init, init_encoder = self.settings.init, self.settings.init_encoder
+        if self.stage == "quality" and not init:
+            raise UserError("the quality stage starts from a score-stage model: set train.init=PATH/model.")
+        if init and init_encoder:
+            raise UserError("set train.init or train.init_encoder, not both.")
+        if init_encoder:
+            net.encoder.load_state_dict(read_encoder(init_encoder, net.encoder))
+        if not init:
+            return None
+        source, source_config = load_model(init)
+        if source_config.net != net.config:
+            raise UserError(f"{init} is not a {self.config.model.preset} model (model.preset).")
+        net.load_state_dict(source.state_dict())
+        return source_config.sigma
+
+    def _sigma(self, init_sigma):
+        """model.sigma, else the init model's, else estimated from training crops."""
+        sigma = self.config.model.sigma
+        if sigma is not None and init_sigma is not None and sigma != init_sigma:
+            raise UserError(f"model.sigma is {sigma} but train.init has sigma {init_sigma}; leave it null.")
+        if sigma is None:
+            sigma = init_sigma or estimate_sigma(self.dataset, self.config.data.sigma_crops, self.settings.seed)
+        return float(sigma)
+
+    def _param_groups(self):
+        """Adam groups: every parameter at lr (encoder stage), or the denoiser at lr and the encoder at
+        encoder_lr; frozen parameters are left out."""
+        def trainable(module):
+            return [p for p in module.parameters() if p.requires_grad]
+
+        if self.stage == "encoder":
+            return [{"params": trainable(self.net), "initial_lr": self.settings.lr}]
+        return [{"params": trainable(self.net.denoiser), "initial_lr": self.settings.lr},
+                {"params": trainable(self.net.encoder), "initial_lr": self.settings.encoder_lr}]
+
+    def _loader(self):
+        order = BatchOrder(len(self.dataset), self.settings.batch, seed=self.settings.seed,
+                           rank=self.process.rank, world=self.process.world, start=self.samples)
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=order, num_workers=self.config.data.workers,
+                                           pin_memory=self.process.device.type == "cuda")
+
+    def _checkpoint(self):
+        if self.process.is_main:
+            save_checkpoint(self.out / CHECKPOINTS, self._state(), self._tensors(), self.settings.keep_checkpoints)
+            self._export()
+
+    def _state(self):
+        return {"stage": self.stage, "step": self.step, "sigma": self.sigma, "world": self.process.world,
+                "data": {"samples": self.samples},
+                "optimizer": _optimizer_meta(self.optimizer), "rng": _python_rng_state(),
+                "config": self.config.to_dict()}
+
+    def _tensors(self):
+        return {"model": self.net.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": _optimizer_tensors(self.optimizer), "rng": _torch_rng_state()}
+
+    def _load(self, checkpoint, state):
+        tensors = {name: load_file(str(checkpoint / f"{name}.safetensors")) for name in TENSOR_FILES}
+        self.net.load_state_dict(tensors["model"])
+        self.ema.load_state_dict(tensors["ema"])
+        saved = _optimizer_state_dict(tensors["optimizer"], state["optimizer"], self.optimizer)
+        self.optimizer.load_state_dict(saved)
+        _set_rng_state(state["rng"], tensors["rng"])
+        self.step, self.samples = state["step"], state["data"]["samples"]
+
+    def _export(self):
+        """The EMA network: OUT/encoder.safetensors (encoder stage) or the model folder OUT/model."""
+        if self.stage == "encoder":
+            write_encoder(self.out / ENCODER_FILE, self.ema.encoder, self.config.model.preset)
+            return
+        model, sample = self.config.model, self.config.sample
+        save_model(self.out / "model", self.ema, ModelConfig(
+            net=PRESETS[model.preset], scale=model.scale, sigma=self.sigma, param=model.param, c=model.c,
+            solver=sample.solver, steps=sample.steps, grid=sample.grid))
+
+    def _write_config(self):
+        """OUT/config.yaml: the configuration of this run, sigma filled in."""
+        resolved = self.config.to_dict()
+        resolved["model"]["sigma"] = self.sigma
+        with atomic_path(self.out / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+
+def lr_factor(step, settings):
+    """Linear warm-up over settings.warmup steps, times gamma per passed decay step."""
+    warm = min(1.0, (step + 1) / settings.warmup) if settings.warmup else 1.0
+    return warm * settings.gamma ** sum(step >= s for s in settings.decay_steps)
+
+
+def check_sync(module, step):
+    """Raise if the parameters of ``module`` differ across processes (sums and sums of squares)."""
+    params = [p.detach().double() for p in module.parameters()]
+    if not _same_everywhere(torch.stack([p.sum() for p in params] + [p.square().sum() for p in params])):
+        raise RuntimeError(f"the weights differ across processes after step {step}.")
+
+
+def _same_everywhere(tensor):
+    """Whether ``tensor`` is equal in every process."""
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def _dataset(config):
+    data, model = config.data, config.model
+    if not data.hr:
+        raise UserError("no training data: pass --data DIR (or set data.hr).")
+    return SRDataset(data.hr, lr=data.lr, scale=model.scale, crop=data.crop, center_resize=data.center_resize,
+                     augment=data.augment, cache_mb=data.cache_mb, seed=config.train.seed)
+
+
+def _freeze_unused(encoder):
+    """Freeze the RRDB blocks after the last tap: they never get a gradient (DDP needs every trainable
+    parameter to get one)."""
+    for block in encoder.blocks[encoder.taps[-1]:]:
+        block.requires_grad_(False)
+
+
+def write_encoder(path, encoder, preset):
+    """Encoder weights as safetensors, with the preset in the metadata."""
+    state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "ecdp-encoder", "preset": preset})
+
+
+def read_encoder(path, encoder):
+    """The state dict of an encoder-stage output (its folder or its file) that fits ``encoder``."""
+    path = Path(path)
+    path = path / ENCODER_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"train.init_encoder: {path} does not exist (expected the encoder stage's {ENCODER_FILE}).")
+    state = load_file(str(path))
+    expected = encoder.state_dict()
+    if state.keys() != expected.keys() or any(state[k].shape != v.shape for k, v in expected.items()):
+        raise UserError(f"{path} does not fit the encoder of model.preset (trained with another preset?).")
+    return state
+
+
+def latest_checkpoint(out):
+    """The checkpoint folder of the highest step in ``out``, or None."""
+    folders = [p for p in (Path(out) / CHECKPOINTS).glob("step-*") if re.fullmatch(r"step-\d+", p.name)]
+    folders = [p for p in folders if (p / STATE).is_file()]
+    return max(folders, key=lambda p: int(p.name[5:]), default=None)
+
+
+def save_checkpoint(folder, state, tensors, keep):
+    """Write ``step-N`` atomically (a temporary folder renamed), then keep only the last ``keep``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{state['step']:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder))
+    try:
+        for name, group in tensors.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
+        (tmp / STATE).write_text(json.dumps(state, indent=1) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    steps = sorted(p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+", p.name))
+    for old in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+
+
+def _optimizer_tensors(optimizer):
+    """The tensors of the optimizer state, flattened to ``state.{param_index}.{name}``."""
+    state = optimizer.state_dict()["state"]
+    return {f"state.{i}.{k}": v for i, s in state.items() for k, v in s.items() if torch.is_tensor(v)}
+
+
+def _optimizer_meta(optimizer):
+    """The JSON part of the optimizer state: param groups and non-tensor per-parameter values."""
+    sd = optimizer.state_dict()
+    scalars = {f"{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items() if not torch.is_tensor(v)}
+    return {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state_dict(tensors, meta, optimizer):
+    """Rebuild an optimizer state dict from its flattened tensors and JSON part."""
+    state = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    groups = [{k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()}
+              for saved, current in zip(meta["param_groups"], optimizer.param_groups)]
+    return {"state": state, "param_groups": groups}
+
+
+def _torch_rng_state():
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"cpu": torch.get_rng_state(), **{f"cuda.{i}": s for i, s in enumerate(cuda)}}
+
+
+def _python_rng_state():
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
+
+
+def _set_rng_state(state, tensors):
+    torch.set_rng_state(tensors["cpu"])
+    cuda = [tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in tensors))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+class _Log:
+    """The mean loss over each logging interval (and over processes), appended to OUT/log.csv by rank 0."""
+
+    def __init__(self, path, step, process):
+        self.path, self.process = path, process
+        self.total, self.count, self.since = 0.0, 0, (step, time.perf_counter())
+        if process.is_main:
+            _truncate_log(path, step)
+
+    def add(self, loss):
+        self.total, self.count = self.total + loss, self.count + 1
+
+    def write(self, step, lr):
+        """Append one row; return the mean loss."""
+        mean = self.total / self.count
+        if self.process.world > 1:
+            dist.all_reduce(mean)
+            mean = mean / self.process.world
+        mean = float(mean)
+        last_step, last_time = self.since
+        rate = (step - last_step) / max(time.perf_counter() - last_time, 1e-9)
+        if self.process.is_main:
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerow([step, f"{mean:.6g}", f"{lr:.6g}", f"{rate:.4g}"])
+        self.total, self.count, self.since = 0.0, 0, (step, time.perf_counter())
+        return mean
+
+
+def _truncate_log(path, step):
+    """Start OUT/log.csv, or keep only its rows up to ``step`` (those after a resumed checkpoint go)."""
+    rows = list(csv.reader(path.open())) if path.is_file() else []
+    rows = [["step", "loss", "lr", "it/s"]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)

@@ -1,0 +1,132 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ecdp.cli import main
+from ecdp.config import load_config
+from ecdp.data import SRDataset, estimate_sigma
+from ecdp.errors import UserError
+from ecdp.modelfile import load_model
+from ecdp.nets import PRESETS, RRDBEncoder
+from ecdp.train import ENCODER_FILE, Process, Trainer, _freeze_unused, latest_checkpoint, lr_factor, train
+from test_data import write_images
+
+TINY = str(Path(__file__).parent.parent / "configs" / "tiny.yaml")
+BASE = ["data.crop=32", "train.batch=2", "data.workers=0", "data.sigma_crops=4", "train.log_every=1",
+        "train.checkpoint_every=2", "train.warmup=2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    write_images(folder, [(48, 40), (40, 56), (64, 48)])
+    return folder
+
+
+def config(images, *overrides):
+    return load_config(TINY, [*BASE, f"data.hr={images}", *overrides])
+
+
+def run(images, out, stage="score", *overrides, resume=False):
+    train(config(images, *overrides), stage=stage, out=out, resume=resume, device="cpu")
+
+
+def tensors(out, step):
+    folder = Path(out) / "checkpoints" / f"step-{step:08d}"
+    return {name: load_file(str(folder / f"{name}.safetensors")) for name in ("model", "ema", "optimizer")}
+
+
+def state(out, step):
+    data = json.loads((Path(out) / "checkpoints" / f"step-{step:08d}" / "state.json").read_text())
+    return {k: v for k, v in data.items() if k != "config"}
+
+
+@pytest.fixture(scope="module")
+def straight(images, tmp_path_factory):
+    """A score-stage run of 4 steps in one go."""
+    out = tmp_path_factory.mktemp("straight")
+    run(images, out, "score", "train.steps=4")
+    return out
+
+
+def test_resumed_run_ends_with_the_same_weights(images, straight, tmp_path):
+    run(images, tmp_path, "score", "train.steps=2")
+    run(images, tmp_path, "score", "train.steps=4", resume=True)
+    a, b = tensors(straight, 4), tensors(tmp_path, 4)
+    for name in ("model", "ema", "optimizer"):
+        assert a[name].keys() == b[name].keys()
+        assert max((a[name][k] - b[name][k]).abs().max().item() for k in a[name]) <= 1e-6, name
+    assert any(k.endswith(".exp_avg_sq") for k in a["optimizer"])
+    assert state(straight, 4) == state(tmp_path, 4)
+    rows = list(csv.reader((tmp_path / "log.csv").open()))
+    assert rows[0] == ["step", "loss", "lr", "it/s"] and [r[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    assert [r[1] for r in rows[1:]] == [r[1] for r in list(csv.reader((straight / "log.csv").open()))[1:]]
+
+
+def test_outputs_and_estimated_sigma(images, straight):
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    net, model_config = load_model(straight / "model")
+    expected = estimate_sigma(SRDataset([str(images)], scale=4, crop=32), 4, seed=0)
+    assert model_config.sigma == pytest.approx(expected, rel=1e-12) and model_config.sigma != 0.1
+    assert state(straight, 4)["sigma"] == model_config.sigma
+    assert (model_config.solver, model_config.steps, model_config.grid) == ("heun", 10, "logsnr")
+    ema = load_file(str(straight / "checkpoints" / "step-00000004" / "ema.safetensors"))
+    assert all(torch.equal(v, ema[k]) for k, v in net.state_dict().items())
+
+
+def test_fresh_run_refuses_an_out_folder_with_checkpoints(images, straight):
+    with pytest.raises(UserError, match="--resume"):
+        run(images, straight, "score", "train.steps=4")
+    with pytest.raises(UserError, match="score stage, not the encoder stage"):
+        run(images, straight, "encoder", resume=True)
+
+
+def test_encoder_stage_then_score_stage_from_its_encoder(images, tmp_path):
+    code = main(["train", "--config", TINY, "--data", str(images), "--out", str(tmp_path / "enc"),
+                 "--stage", "encoder", "--set", *BASE, "encoder_stage.steps=1"])
+    assert code == 0
+    assert (tmp_path / "enc" / ENCODER_FILE).is_file() and not (tmp_path / "enc" / "model").exists()
+    encoder = load_file(str(tmp_path / "enc" / ENCODER_FILE))
+    ema = load_file(str(latest_checkpoint(tmp_path / "enc") / "ema.safetensors"))
+    assert all(torch.equal(v, ema[f"encoder.{k}"]) for k, v in encoder.items())
+    score = config(images, f"train.init_encoder={tmp_path / 'enc'}")
+    trainer = Trainer(score, "score", tmp_path / "score", Process(0, 1, torch.device("cpu")), resume=False)
+    assert all(torch.equal(v, encoder[k]) for k, v in trainer.net.encoder.state_dict().items())
+
+
+def test_quality_stage_runs_from_a_score_model(images, straight, tmp_path):
+    run(images, tmp_path, "quality", f"train.init={straight / 'model'}", "quality_stage.steps=1",
+        "quality_stage.feature=pixel", "quality_stage.solver=euler", "quality_stage.ode_steps=1")
+    rows = list(csv.reader((tmp_path / "log.csv").open()))
+    assert len(rows) == 2 and float(rows[1][2]) == pytest.approx(1e-5)
+    _, model_config = load_model(tmp_path / "model")
+    assert model_config.sigma == load_model(straight / "model")[1].sigma
+
+
+def test_quality_stage_needs_a_score_model(images, tmp_path):
+    with pytest.raises(UserError, match="train.init"):
+        run(images, tmp_path, "quality", "quality_stage.feature=pixel")
+
+
+def test_unused_encoder_blocks_are_frozen():
+    encoder = RRDBEncoder(PRESETS["paper"])
+    _freeze_unused(encoder)
+    frozen = [i for i, block in enumerate(encoder.blocks) if not any(p.requires_grad for p in block.parameters())]
+    assert frozen == [22]
+
+
+def test_learning_rate_schedule():
+    settings = load_config(None, ["train.warmup=4", "train.decay_steps=[10, 20]", "train.gamma=0.5"]).train
+    assert [lr_factor(s, settings) for s in (0, 3, 9, 10, 19, 20)] == [0.25, 1.0, 1.0, 0.5, 0.5, 0.25]
