@@ -19,8 +19,8 @@ setup(
         "scikit-image",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "scikit-image", "onnx", "onnxruntime", "triton"],
-        "export": ["onnx", "onnxruntime"],
+        "test": ["pytest", "pytest-benchmark", "scikit-image", "onnx", "onnxruntime", "onnxscript", "triton"],
+        "export": ["onnx", "onnxruntime", "onnxscript"],
         "gpu": ["triton"],
     },
     entry_points={

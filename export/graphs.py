@@ -1,0 +1,125 @@
+"""What the exporters trace: the whole fixed-step solve, the encoder, and one solver step.
+
+All three wrap one ``SuperResolver`` whose denoiser is the engine's ``CachedDenoiser`` (every
+block's conditioning projected and resized once per image), so each exported form computes what
+the Python sampler computes. Shapes are static: the bicubic mu(y) is a pair of constant matrices
+for one LR size.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ecdp.engine import CachedDenoiser
+from ecdp.errors import UserError
+from ecdp.modelfile import load_model, resolve_model
+from ecdp.pipeline import SuperResolver
+from ecdp.sampling import EVALS_PER_STEP, _drift_fn, _noise_fn, euler_step, heun_step, rk4_step
+from ecdp.sde import time_grid
+
+ONE_STEP_SOLVERS = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}
+GRIDS = ("uniform", "logsnr")
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What an exported graph is fixed to; solver, steps and grid default to the model config's."""
+
+    lr_size: tuple[int, int] = (64, 64)
+    batch: int = 1
+    solver: str | None = None
+    steps: int | None = None
+    grid: str | None = None
+    precision: str = "fp32"
+
+
+def load_resolver(model, spec, device="cpu"):
+    """The SuperResolver of a model folder (or "default") with the sampler of `spec`, checked."""
+    net, config = load_model(resolve_model(model), device)
+    denoiser = CachedDenoiser(net, config.scale, dtype=PRECISIONS[spec.precision])
+    resolver = SuperResolver(denoiser, config, solver=spec.solver, steps=spec.steps, grid=spec.grid)
+    _check(resolver, spec, config)
+    return resolver.eval()
+
+
+def _check(resolver, spec, config):
+    if resolver.solver not in EVALS_PER_STEP:
+        raise UserError(f"solver {resolver.solver} cannot be exported: an exported graph needs a fixed-step "
+                        f"solver ({', '.join(EVALS_PER_STEP)}).")
+    if resolver.steps < 1:
+        raise UserError(f"an exported solve needs at least one step, got {resolver.steps}.")
+    if resolver.grid not in GRIDS:
+        raise UserError(f"unknown time grid {resolver.grid!r}; choose one of {', '.join(GRIDS)}.")
+    if spec.batch < 1 or min(spec.lr_size) < 1:
+        raise UserError(f"batch and LR size must be positive, got batch {spec.batch} and {_size(spec.lr_size)}.")
+    multiple = 2 ** (len(config.net.ch_mult) - 1)
+    if any(n * config.scale % multiple for n in spec.lr_size):
+        raise UserError(f"LR size {_size(spec.lr_size)} times the scale {config.scale} must be a multiple of "
+                        f"{multiple} for this network.")
+
+
+def _size(hw):
+    return f"{hw[0]}x{hw[1]}"
+
+
+def example_inputs(resolver, spec, device="cpu"):
+    """(lr, noise) of the exported shapes; their values do not matter for tracing."""
+    lr = torch.zeros(spec.batch, 3, *spec.lr_size, device=device)
+    return lr, torch.zeros(resolver.noise_shape(lr), device=device)
+
+
+def metadata(resolver, spec):
+    """String key-value pairs stored in every exported file."""
+    return {"ecdp.scale": str(resolver.scale), "ecdp.sigma": repr(float(resolver.sigma)),
+            "ecdp.solver": resolver.solver, "ecdp.steps": str(resolver.steps), "ecdp.grid": resolver.grid,
+            "ecdp.lr_size": _size(spec.lr_size), "ecdp.batch": str(spec.batch), "ecdp.precision": spec.precision}
+
+
+def step_times(resolver):
+    """The decreasing float32 times t_0 = 1 > ... > t_steps that a host loop feeds to the step graph."""
+    grid = time_grid(resolver.steps, t_end=resolver.t_end, spacing=resolver.grid)
+    return grid.to(torch.float32).tolist()
+
+
+def export_program(module, args):
+    """torch.export of `module` on `args` (static shapes), without autograd."""
+    with torch.no_grad():
+        return torch.export.export(module, args, strict=False)
+
+
+class EncoderGraph(nn.Module):
+    """lr -> (mu, *cond): mu(y) of eq. 5 and every residual block's conditioning, once per image."""
+
+    def __init__(self, resolver):
+        super().__init__()
+        self.resolver = resolver
+
+    def forward(self, lr):
+        return (self.resolver.upscale(lr), *self.resolver.net.encode(lr))
+
+
+class StepGraph(nn.Module):
+    """(z, t, t_next, *cond) -> z_next: one full step of euler, heun or rk4 on eq. 13.
+
+    t and t_next are per sample, shape (B,). dpmpp2m is not offered: its update needs the previous
+    step's data estimate (export it as the full graph instead).
+    """
+
+    def __init__(self, resolver):
+        super().__init__()
+        if resolver.solver not in ONE_STEP_SOLVERS:
+            raise UserError(f"the step graph supports {', '.join(ONE_STEP_SOLVERS)}; {resolver.solver} carries "
+                            f"state between steps, so export it with --graph full.")
+        self.resolver = resolver
+        self.step = ONE_STEP_SOLVERS[resolver.solver]
+
+    def forward(self, z, t, t_next, *cond):
+        r = self.resolver
+        drift = _drift_fn(_noise_fn(r.net, cond, r.param, r.c))
+        # The step functions broadcast times over images as (B, 1, 1, 1); the drift takes them as (B,).
+        return self.step(lambda z, t: drift(z, t.reshape(-1)), z, _column(t), _column(t_next))
+
+
+def _column(t):
+    return t.reshape(-1, 1, 1, 1)

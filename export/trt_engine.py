@@ -1,0 +1,118 @@
+"""TensorRT engines of the full ONNX graph: the builder, and TensorRTUpscaler to run them.
+
+Networks are built strongly typed: every tensor keeps the precision of the ONNX graph (``--fp16``
+/ ``--bf16`` export fp16 / bf16 convolutions with fp32 GroupNorm statistics and an fp32 ODE
+state), so TensorRT never lowers precision on its own. TensorRT 11 builds nothing else; its
+precision builder flags are gone. Shapes are static; the optimization profile pins them.
+"""
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ecdp.errors import UserError
+from ecdp.export.onnx_export import export_onnx
+from ecdp.fileio import atomic_path
+from ecdp.sde import prior_sample
+from ecdp.upscaler import Upscaler
+
+INSTALL = "TensorRT is not installed: pip install tensorrt (needs an NVIDIA GPU with CUDA)."
+NO_GPU = ("TensorRT needs an NVIDIA GPU, and PyTorch sees none: run on a machine with an NVIDIA GPU "
+          "and a CUDA build of PyTorch.")
+
+
+def import_tensorrt():
+    """The tensorrt module, or a UserError saying what is missing."""
+    try:
+        import tensorrt
+    except (ImportError, OSError):
+        raise UserError(INSTALL) from None
+    if not torch.cuda.is_available():
+        raise UserError(NO_GPU)
+    return tensorrt
+
+
+def export_engine(model, path, spec, *, workspace_gib=4.0, timing_cache=None):
+    """Build the engine of a model folder's full graph, or of an .onnx file; return [path]."""
+    import_tensorrt()
+    if Path(model).suffix == ".onnx":
+        if not Path(model).is_file():
+            raise UserError(f"{model} does not exist.")
+        return build_engine(model, path, workspace_gib=workspace_gib, timing_cache=timing_cache)
+    with tempfile.TemporaryDirectory() as folder:
+        (onnx_path,) = export_onnx(model, Path(folder) / "full.onnx", spec)
+        return build_engine(onnx_path, path, workspace_gib=workspace_gib, timing_cache=timing_cache)
+
+
+def build_engine(onnx_path, path, *, workspace_gib=4.0, timing_cache=None):
+    """Serialize a TensorRT engine of an ONNX file to `path`; read and update a timing cache file."""
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT cannot parse {onnx_path}: {errors}.")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+    config.add_optimization_profile(_static_profile(builder, network))
+    cache = Path(timing_cache) if timing_cache else None
+    known = cache.read_bytes() if cache and cache.is_file() else b""
+    config.set_timing_cache(config.create_timing_cache(known), False)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise UserError(f"TensorRT could not build an engine from {onnx_path} (its log above says why).")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(engine)
+    if cache:
+        with atomic_path(cache) as tmp:
+            tmp.write_bytes(config.get_timing_cache().serialize())
+    return [Path(path)]
+
+
+def _static_profile(builder, network):
+    """An optimization profile with min = opt = max = each input's exported shape."""
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)
+        profile.set_shape(tensor.name, shape, shape, shape)
+    return profile
+
+
+class TensorRTUpscaler(Upscaler):
+    """``Upscaler.upscale`` on a TensorRT engine of the full graph, on the current CUDA device.
+
+    Images must have the engine's LR size and batch (no padding or tiling). The prior noise is
+    drawn as ``Upscaler`` draws it, so the same seed gives the same noise.
+    """
+
+    def __init__(self, engine_path, *, seed=0):
+        trt = import_tensorrt()
+        self.seed, self.device = seed, torch.device("cuda")
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise UserError(f"{engine_path} is not an engine that this TensorRT can run (its log above says why).")
+        self.context = self.engine.create_execution_context()
+        self.shapes = {name: tuple(self.engine.get_tensor_shape(name)) for name in ("lr", "noise", "sr")}
+
+    @classmethod
+    def from_pretrained(cls, path, **options):
+        """The upscaler of an engine file; options as for TensorRTUpscaler."""
+        return cls(path, **options)
+
+    def sample(self, y):
+        """Super-resolve y (B,3,h,w) in [0, 1] with the engine."""
+        if tuple(y.shape) != self.shapes["lr"]:
+            raise UserError(f"this engine takes LR batches of shape {self.shapes['lr']}, got {tuple(y.shape)}.")
+        with torch.inference_mode():
+            noise = prior_sample(self.shapes["noise"], generator=torch.Generator().manual_seed(self.seed))
+            tensors = {"lr": y.to(self.device, torch.float32).contiguous(), "noise": noise.to(self.device),
+                       "sr": torch.empty(self.shapes["sr"], device=self.device)}
+            for name, tensor in tensors.items():
+                self.context.set_tensor_address(name, tensor.data_ptr())
+            if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+                raise RuntimeError("TensorRT failed to run the engine.")
+            return tensors["sr"]
