@@ -4,10 +4,10 @@
 """
 import torch
 
-from ecdp.sampling import _drift_fn, _noise_fn, euler_step, heun_step, rk4_step, solve
+from ecdp.sampling import ONE_STEP_SOLVERS, drift_fn, noise_fn, solve
 from ecdp.sde import marginal_sample, prior_sample, time_grid
 
-ADJOINT_SOLVERS = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}
+ADJOINT_SOLVERS = ONE_STEP_SOLVERS
 
 
 def score_matching_loss(net, z0, cond, *, t_eps=1e-5, generator=None, param_weights=(1.0, 1.0)):
@@ -51,11 +51,11 @@ def adjoint_solve(net, z1, cond, *, solver, steps, grid="logsnr", param="hybrid"
                          "use adjoint=False for the others")
     if not steps or steps < 1:
         raise ValueError(f"solver {solver!r} needs a positive number of steps")
-    ts = time_grid(steps, t_end=t_end, spacing=grid).to(device=z1.device, dtype=z1.dtype)
+    ts = time_grid(steps, t_end=t_end, spacing=grid, dtype=z1.dtype, device=z1.device)
     params = [p for p in net.parameters() if p.requires_grad]
 
     def make_drift(cond):
-        return _drift_fn(_noise_fn(net, cond, param, c))
+        return drift_fn(noise_fn(net, cond, param, c))
 
     return _DiscreteAdjoint.apply(z1, cond, ts, ADJOINT_SOLVERS[solver], make_drift, *params)
 

@@ -16,7 +16,7 @@ EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4, "dpmpp2m": 1}
 def solve(denoiser, z1, cond, *, solver, steps=None, param="hybrid", c=1.0, grid="uniform",
           atol=1e-3, rtol=1e-3, t_end=1e-3):
     """Integrate the probability-flow ODE from z1 at t = 1 down to t_end; return (z_end, nfe)."""
-    eps_fn = _noise_fn(denoiser, cond, param, c)
+    eps_fn = noise_fn(denoiser, cond, param, c)
     if solver == "dopri5":
         return _solve_adaptive(eps_fn, z1, t_end, atol, rtol)
     if solver not in EVALS_PER_STEP:
@@ -26,16 +26,16 @@ def solve(denoiser, z1, cond, *, solver, steps=None, param="hybrid", c=1.0, grid
     ts = time_grid(steps, t_end=t_end, spacing=grid, dtype=z1.dtype, device=z1.device)
     if solver == "dpmpp2m":
         return _solve_dpmpp2m(eps_fn, z1, ts), steps
-    step = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}[solver]
-    drift = _drift_fn(eps_fn)
+    step = ONE_STEP_SOLVERS[solver]
+    drift = drift_fn(eps_fn)
     z = z1
     for i in range(steps):
         z = step(drift, z, ts[i], ts[i + 1])
     return z, steps * EVALS_PER_STEP[solver]
 
 
-def _noise_fn(denoiser, cond, param, c):
-    """eps_hyb(z, t) for a scalar t."""
+def noise_fn(denoiser, cond, param="hybrid", c=1.0):
+    """eps_hyb(z, t) of the denoiser for a scalar t, conditioned on cond."""
     def eps_fn(z, t):
         t = t.expand(z.shape[0])
         eps_hat, z0_hat = denoiser(z, t, cond)
@@ -43,7 +43,8 @@ def _noise_fn(denoiser, cond, param, c):
     return eps_fn
 
 
-def _drift_fn(eps_fn):
+def drift_fn(eps_fn):
+    """The probability-flow drift f(z, t) for a noise estimate eps_fn(z, t)."""
     def drift(z, t):
         return probability_flow_drift(z, t.expand(z.shape[0]), eps_fn(z, t))
     return drift
@@ -67,6 +68,9 @@ def rk4_step(f, z, t, s):
     k3 = f(z + 0.5 * h * k2, t + 0.5 * h)
     k4 = f(z + h * k3, s)
     return z + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+ONE_STEP_SOLVERS = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}
 
 
 def _solve_dpmpp2m(eps_fn, z, ts):
@@ -100,7 +104,7 @@ def _solve_adaptive(eps_fn, z1, t_end, atol, rtol):
     the drift is evaluated at t clamped to that interval.
     """
     nfe = 0
-    drift_at = _drift_fn(eps_fn)
+    drift_at = drift_fn(eps_fn)
 
     def drift(t, z):
         nonlocal nfe

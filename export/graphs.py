@@ -14,10 +14,9 @@ from ecdp.engine import CachedDenoiser
 from ecdp.errors import UserError
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
-from ecdp.sampling import EVALS_PER_STEP, _drift_fn, _noise_fn, euler_step, heun_step, rk4_step
+from ecdp.sampling import EVALS_PER_STEP, ONE_STEP_SOLVERS, drift_fn, noise_fn
 from ecdp.sde import time_grid
 
-ONE_STEP_SOLVERS = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}
 GRIDS = ("uniform", "logsnr")
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -116,7 +115,7 @@ class StepGraph(nn.Module):
 
     def forward(self, z, t, t_next, *cond):
         r = self.resolver
-        drift = _drift_fn(_noise_fn(r.net, cond, r.param, r.c))
+        drift = drift_fn(noise_fn(r.net, cond, r.param, r.c))
         # The step functions broadcast times over images as (B, 1, 1, 1); the drift takes them as (B,).
         return self.step(lambda z, t: drift(z, t.reshape(-1)), z, _column(t), _column(t_next))
 
