@@ -1,0 +1,56 @@
+"""Sampler end to end (y, z1) -> SR: the reference (eager fp32; dopri5 at tol 1e-3, or the model's
+fixed-step solver) against the fast engine (cached conditioning; fp32 on CPU, bf16 on GPU; CUDA
+graph on GPU) at the same solver, and the fast engine over solvers and NFE."""
+import pytest
+import torch
+
+from bench.harness import CASES, CUDA, ENGINE_DTYPE, MAIN_CASE, dtype_name, inputs, measure, record, shape_text
+from bench.roofline import work
+from ecdp.engine import GraphedSolve, fast_resolver
+from ecdp.pipeline import SuperResolver
+from ecdp.sampling import EVALS_PER_STEP
+
+PATHS = ["reference-dopri5", "reference", "fast"] + (["graphed"] if CUDA else [])
+SWEEP = [("euler", 10), ("euler", 20), ("heun", 5), ("rk4", 3), ("rk4", 5), ("dpmpp2m", 10), ("dpmpp2m", 20)]
+SWEEP_ROUNDS = 3 if CUDA else 1   # heun 10 steps: test_sampler's fast path on the main case
+TOL = 1e-3
+
+
+def sampler(path, net, config, **settings):
+    """(run, solver text, dtype): run(y, z1) -> (sr, nfe) on `path`; settings override the config's
+    solver and steps."""
+    if path == "reference-dopri5":
+        resolver = SuperResolver(net, config, solver="dopri5", atol=TOL, rtol=TOL)
+        return resolver.run, f"dopri5 tol {TOL:g}", torch.float32
+    if path == "reference":
+        resolver, dtype = SuperResolver(net, config, **settings), torch.float32
+    else:
+        resolver, dtype = fast_resolver(net, config, dtype=ENGINE_DTYPE, **settings), ENGINE_DTYPE
+    text = f"{resolver.solver} {resolver.steps} steps, {resolver.grid} grid"
+    if path != "graphed":
+        return resolver.run, text, dtype
+    graphed, nfe = GraphedSolve(resolver), resolver.steps * EVALS_PER_STEP[resolver.solver]
+    return (lambda y, z1: (graphed(y, z1), nfe)), text, dtype
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_sampler(benchmark, models, case, path):
+    bench_solve(benchmark, models, case, path)
+    benchmark.extra_info["comparison"] = str(case)
+
+
+@pytest.mark.parametrize("solver,steps", SWEEP, ids=[f"{solver}{steps}" for solver, steps in SWEEP])
+def test_solver(benchmark, models, solver, steps):
+    bench_solve(benchmark, models, MAIN_CASE, "fast", rounds=SWEEP_ROUNDS, solver=solver, steps=steps)
+
+
+def bench_solve(benchmark, models, case, path, rounds=None, **settings):
+    net, config, model = models(case.model)
+    run, solver, dtype = sampler(path, net, config, **settings)
+    y, z1 = inputs(case, config.scale)
+    with torch.no_grad():
+        sr, nfe = measure(benchmark, lambda: run(y, z1), rounds=rounds or case.rounds, warmup=case.warmup,
+                          batch=case.batch, model=model, path=path, solver=solver, dtype=dtype_name(dtype))
+    record(benchmark, nfe=nfe, flops=work(config.net, case.lr, config.scale).sample_flops(nfe, case.batch),
+           shape=shape_text(y.shape, sr.shape))
