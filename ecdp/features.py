@@ -70,8 +70,10 @@ class VGG19Features(nn.Module):
     def load(self, path):
         """Load the ``features.<i>.*`` tensors of a torchvision VGG19 state dict (others are ignored)."""
         try:
-            state = load_file(path) if path.suffix == ".safetensors" else torch.load(
-                path, map_location="cpu", weights_only=True)
+            if path.suffix == ".safetensors":
+                state = load_file(path)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
             raise UserError(f"cannot read VGG19 weights from {path}: {str(error).splitlines()[0]}") from error
         state = state if isinstance(state, dict) else {}
