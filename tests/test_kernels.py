@@ -33,6 +33,7 @@ def _import_triton_interpreted():
 _import_triton_interpreted()
 
 import ecdp.kernels as kernels  # noqa: E402
+from ecdp import nets  # noqa: E402
 from ecdp.kernels import reference  # noqa: E402
 from ecdp.sampling import solve  # noqa: E402
 from ecdp.sde import time_grid  # noqa: E402
@@ -353,14 +354,19 @@ def test_missing_triton_falls_back_to_reference(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # the paper-preset denoiser
 
-def test_paper_denoiser_parity_kernels_on_off(triton_calls):
-    """Kernels on and off agree on the paper-preset denoiser, HR 32x32, LR 8x8, batch 1."""
-    nets = pytest.importorskip("ecdp.nets")
+def _live_net(preset):
+    """A seeded network whose zero-initialized conv2 are redrawn, so every GN site reaches the output."""
     torch.manual_seed(0)
-    net = nets.build("paper").eval()
-    for module in net.modules():   # conv2 starts at zero: make every GN site reach the output
+    net = nets.build(preset)
+    for module in net.modules():
         if isinstance(module, nets.ResBlock):
             module.conv2.reset_parameters()
+    return net
+
+
+def test_paper_denoiser_parity_kernels_on_off(triton_calls):
+    """Kernels on and off agree on the paper-preset denoiser, HR 32x32, LR 8x8, batch 1."""
+    net = _live_net("paper").eval()
     y = torch.rand(1, 3, 8, 8, generator=_gen(1))
     z_t = _randn(1, 3, 32, 32, seed=2)
     t = torch.tensor([0.3])
@@ -383,12 +389,7 @@ def test_paper_denoiser_parity_kernels_on_off(triton_calls):
 def test_tiny_net_training_gradients_kernels_on_off(triton_calls):
     """A training step's gradients agree with kernels on (Triton forward in the autograd
     Function, at every GN site) and off."""
-    nets = pytest.importorskip("ecdp.nets")
-    torch.manual_seed(0)
-    net = nets.build("tiny")
-    for module in net.modules():   # conv2 starts at zero: make every GN site reach the output
-        if isinstance(module, nets.ResBlock):
-            module.conv2.reset_parameters()
+    net = _live_net("tiny")
     y = torch.rand(1, 3, 2, 2, generator=_gen(1))
     z_t = _randn(1, 3, 8, 8, seed=2)
     t = torch.tensor([0.3])
