@@ -78,6 +78,9 @@ class TrainSection:
 
     steps: int = 200
     """Number of optimizer steps of the stage."""
+    minutes: float | None = None
+    """Stop earlier, after the first step that ends this many minutes into the stage (checked every
+    log_every steps), then checkpoint and export as at the last step; null: no time limit."""
     batch: int = 8
     """Global batch size, split evenly across processes."""
     lr: float = 1e-4
@@ -122,6 +125,8 @@ class StageOverrides:
 
     steps: int | None = None
     """Number of optimizer steps of the stage."""
+    minutes: float | None = None
+    """Time limit of the stage in minutes."""
     batch: int | None = None
     """Global batch size of the stage."""
     lr: float | None = None

@@ -181,19 +181,32 @@ class Trainer:
         log = _Log(self.out / LOG, self.step, self.process)
         bar = tqdm(total=self.settings.steps, initial=self.step, desc=self.stage, disable=not self.process.is_main,
                    dynamic_ncols=True)
-        while self.step < self.settings.steps:
+        deadline = time.monotonic() + 60 * self.settings.minutes if self.settings.minutes else None
+        last = self.step >= self.settings.steps
+        while not last:
             loss = self._train_step(next(batches))
             self.step += 1
             self.samples += self.settings.batch
+            last = self.step >= self.settings.steps or (self._due(self.settings.log_every)
+                                                        and self._time_is_up(deadline))
             bar.update()
             log.add(loss)
-            if self._due(self.settings.log_every) or self.step == self.settings.steps:
+            if self._due(self.settings.log_every) or last:
                 bar.set_postfix(loss=f"{log.write(self.step, self._lr()):.4g}")
             if self.process.world > 1 and self._due(self.settings.check_sync_every):
                 check_sync(self.net, self.step)
-            if self._due(self.settings.checkpoint_every) or self.step == self.settings.steps:
+            if self._due(self.settings.checkpoint_every) or last:
                 self._checkpoint()
         bar.close()
+
+    def _time_is_up(self, deadline):
+        """Whether the stage's time limit has passed, in rank 0's clock (every process stops together)."""
+        if deadline is None:
+            return False
+        up = torch.tensor([time.monotonic() > deadline], dtype=torch.int32, device=self.process.device)
+        if self.process.world > 1:
+            dist.broadcast(up, src=0)
+        return bool(up.item())
 
     def _due(self, every):
         """Whether something done every ``every`` steps (0: never) is due after this step."""

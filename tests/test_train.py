@@ -130,3 +130,10 @@ def test_unused_encoder_blocks_are_frozen():
 def test_learning_rate_schedule():
     settings = load_config(None, ["train.warmup=4", "train.decay_steps=[10, 20]", "train.gamma=0.5"]).train
     assert [lr_factor(s, settings) for s in (0, 3, 9, 10, 19, 20)] == [0.25, 1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def test_time_limit_stops_early_with_a_checkpoint_and_model(images, tmp_path):
+    run(images, tmp_path, "score", "train.steps=50", "train.minutes=1e-9", "train.log_every=3",
+        "train.checkpoint_every=100")
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
+    assert (tmp_path / "model" / "model.safetensors").is_file()
