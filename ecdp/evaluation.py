@@ -37,11 +37,14 @@ def read_hr(path, scale):
 
 
 def score_image(hr, upscaler, distance):
-    """Scores of ECDP and bicubic on one HR image; and the (bicubic, sr, hr) images."""
+    """Scores of ECDP and bicubic on one HR image, computed on hr's device; and the (bicubic, sr, hr)
+    images."""
     scale = upscaler.config.scale
     lr = quantize(downscale(hr, scale))
     start = time.perf_counter()
-    sr = upscaler.sample(lr[None])[0].cpu()
+    sr = upscaler.sample(lr[None])[0].to(hr.device)
+    if sr.is_cuda:
+        torch.cuda.synchronize(sr.device)
     seconds = time.perf_counter() - start
     sr, bicubic = quantize(sr.float()), quantize(upscale(lr, scale))
     record = {"size": list(hr.shape[-2:]), "nfe": upscaler.last_nfe, "seconds": seconds,

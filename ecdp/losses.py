@@ -80,6 +80,9 @@ class _DiscreteAdjoint(torch.autograd.Function):
             states.append(step(drift, states[-1], ts[i], ts[i + 1]))
         ctx.save_for_backward(ts, cond, *states[:-1])
         ctx.step, ctx.make_drift, ctx.params = step, make_drift, params
+        device = z1.device.type
+        ctx.autocast = dict(device_type=device, enabled=torch.is_autocast_enabled(device),
+                            dtype=torch.get_autocast_dtype(device))
         return states[-1]
 
     @staticmethod
@@ -92,7 +95,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         totals = [None] * len(inputs)
         for i in reversed(range(len(states))):
             z = states[i].detach().requires_grad_()
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(**ctx.autocast):   # recompute as the forward ran
                 z_next = ctx.step(drift, z, ts[i], ts[i + 1])
             grad_z, *grads = torch.autograd.grad(z_next, [z, *inputs], grad_z, allow_unused=True)
             totals = [g if t is None else t if g is None else t.add_(g) for t, g in zip(totals, grads)]

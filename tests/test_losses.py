@@ -85,6 +85,25 @@ def test_adjoint_gradient_equals_direct_backpropagation(solver):
     assert all(p.grad.abs().sum() > 0 for p in net.encoder.parameters())
 
 
+def test_adjoint_under_autocast_recomputes_in_the_forward_precision():
+    """Training on CUDA runs the loss under bf16 autocast; the adjoint's backward must replay each
+    step in the same precision (autocast is off in a backward pass unless restored): without it the
+    replay mixes bf16 features with fp32 weights and fails."""
+    net = _tiny()
+    y, x, mu = _pair()
+
+    def gradient(adjoint):
+        net.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = quality_loss(net, y, x, mu, 0.2, net.encode(y), feature_map("pixel"), solver="heun", steps=2,
+                                adjoint=adjoint, generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    g_adjoint, g_direct = gradient(adjoint=True), gradient(adjoint=False)
+    assert ((g_adjoint - g_direct).norm() / g_direct.norm()).item() < 2e-2   # bf16 rounding
+
+
 def test_adjoint_rejects_multistep_solver():
     net = _tiny()
     y, x, mu = _pair()

@@ -1,0 +1,44 @@
+"""What the sampler study and the ablation share: HR test sets held on the device, their mean scores
+under one Upscaler (ecdp.evaluation: x4 MATLAB-style bicubic LR, Y channel with a scale-pixel crop),
+and JSON written atomically."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ecdp.evaluation import mean_scores, read_hr, score_image
+from ecdp.fileio import atomic_path
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def load_sets(folders, scale, device):
+    """{folder name: [(image name, HR tensor on device)]} for every image of each folder."""
+    sets = {}
+    for folder in map(Path, folders):
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
+        if not paths:
+            raise SystemExit(f"{folder} has no images.")
+        sets[folder.name] = [(p.name, read_hr(p, scale).to(device)) for p in paths]
+    return sets
+
+
+def evaluate(upscaler, sets, desc):
+    """{set name: mean scores (ecdp.evaluation.mean_scores)} of upscaler on every image of sets."""
+    means = {}
+    total = sum(map(len, sets.values()))
+    with torch.inference_mode(), tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False) as bar:
+        for name, images in sets.items():
+            records = []
+            for _, hr in images:
+                records.append(score_image(hr, upscaler, None)[0])
+                bar.update()
+            means[name] = mean_scores(records)
+    return means
+
+
+def write_json(path, report):
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
