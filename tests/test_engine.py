@@ -70,3 +70,17 @@ def test_cuda_graph_capture_and_replay(tiny):
 def test_dopri5_cannot_be_captured(tiny):
     with pytest.raises(ValueError, match="fixed-step"):
         graphed_latent(fast_resolver(tiny, ModelConfig(), solver="dopri5"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_bf16_on_cuda_is_within_45_db_of_the_reference():
+    """The built-in model, the same seed: engine "fast" (bf16, CUDA graph) against "reference" (fp32)."""
+    from skimage import data
+
+    from ecdp.metrics import psnr
+    from ecdp.upscaler import Upscaler
+
+    lr = torch.from_numpy(data.astronaut()[::8, ::8].copy()).permute(2, 0, 1)[None].float() / 255
+    outputs = [Upscaler.from_pretrained("default", device="cuda", engine=engine).sample(lr).cpu()
+               for engine in ("reference", "fast")]
+    assert psnr(*outputs).item() >= 45
