@@ -3,6 +3,9 @@
     python -m bench.sampler_study run --model default --data SET5 SET14 --device cuda --out study.json
     python -m bench.sampler_study report study.json --plot study.png    # markdown table; plot needs matplotlib
 
+`run --references 1e-4 --max-nfe 0` and `run --references --max-nfe 8` split a study into parts
+that can run side by side; `report` merges the parts.
+
 `run` scores the reference engine (eager fp32, seed 0) with dopri5 at tol 1e-3 and 1e-4, and with
 Euler, Heun, RK4 and DPM-Solver++(2M) from 4 to 50 NFE on both time grids, writing the JSON after
 every setting. `report` prints the table and names the default: the cheapest fixed-step setting
@@ -27,13 +30,15 @@ STEPS = {   # steps giving about 4, 6, 8, 12, 16, 24, 32 and 50 NFE
 MARGIN_DB = 0.05
 
 
-def settings(steps=STEPS):
-    """Every setting as a dict of Upscaler options: the dopri5 references first, then the fixed-step
-    solvers from the fewest NFE up (so that a run cut short still covers the range)."""
-    references = [{"solver": "dopri5", "atol": tol, "rtol": tol} for tol in REFERENCE_TOLS]
+def settings(references=REFERENCE_TOLS, max_nfe=50):
+    """The settings as dicts of Upscaler options: dopri5 at each tolerance of `references` first, then
+    the fixed-step solvers up to max_nfe NFE, from the fewest up (a run cut short still covers the
+    cheap end)."""
+    dopri5 = [{"solver": "dopri5", "atol": tol, "rtol": tol} for tol in references]
     fixed = [{"solver": solver, "steps": n, "grid": grid}
-             for solver, counts in steps.items() for n in counts for grid in GRIDS]
-    return references + sorted(fixed, key=lambda s: s["steps"] * EVALS_PER_STEP[s["solver"]])
+             for solver, counts in STEPS.items() for n in counts for grid in GRIDS
+             if n * EVALS_PER_STEP[solver] <= max_nfe]
+    return dopri5 + sorted(fixed, key=lambda s: s["steps"] * EVALS_PER_STEP[s["solver"]])
 
 
 def label(setting):
@@ -46,7 +51,7 @@ def run(args):
     net, config = load_model(resolve_model(args.model))
     sets = load_sets(args.data, config.scale, args.device)
     report = {"model": str(args.model), "device": args.device, "seed": args.seed, "rows": []}
-    for setting in settings():
+    for setting in settings(args.references, args.max_nfe):
         upscaler = Upscaler(net, config, device=args.device, seed=args.seed, **setting)
         report["rows"].append({"setting": setting, "sets": evaluate(upscaler, sets, label(setting))})
         write_json(args.out, report)
@@ -57,8 +62,11 @@ def run(args):
 
 
 def default_setting(rows, margin=MARGIN_DB):
-    """The cheapest fixed-step row whose Y-PSNR on every set is at least dopri5 1e-4's minus margin."""
-    reference = next(r for r in rows if r["setting"] == {"solver": "dopri5", "atol": 1e-4, "rtol": 1e-4})
+    """The cheapest fixed-step row whose Y-PSNR on every set is at least dopri5 1e-4's minus margin
+    (None without a dopri5 1e-4 row)."""
+    reference = next((r for r in rows if r["setting"] == {"solver": "dopri5", "atol": 1e-4, "rtol": 1e-4}), None)
+    if reference is None:
+        return None
     floor = {name: m["ecdp"]["psnr_y"] - margin for name, m in reference["sets"].items()}
     good = [r for r in rows if r["setting"]["solver"] != "dopri5"
             and all(m["ecdp"]["psnr_y"] >= floor[name] for name, m in r["sets"].items())]
@@ -71,8 +79,10 @@ def _mean(row, key):
 
 
 def report(args):
-    study = json.loads(open(args.json).read())
-    rows = study["rows"]
+    studies = [json.loads(open(path).read()) for path in args.json]
+    if len({s["model"] for s in studies}) > 1:
+        raise SystemExit("the JSON files are studies of different models")
+    study, rows = studies[0], [row for s in studies for row in s["rows"]]
     names = list(rows[0]["sets"])
     print("| setting | NFE | " + " | ".join(f"{n} PSNR-Y | {n} SSIM-Y | {n} LR-PSNR | {n} s/img" for n in names) + " |")
     print("|---|---|" + "---|" * 4 * len(names))
@@ -121,10 +131,13 @@ def main(argv=None):
     p.add_argument("--data", nargs="+", required=True, metavar="DIR")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--references", nargs="*", type=float, default=REFERENCE_TOLS, metavar="TOL",
+                   help="dopri5 tolerances to run (default: 1e-3 1e-4; none: skip dopri5)")
+    p.add_argument("--max-nfe", type=int, default=50, help="skip fixed-step settings above this NFE")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=run)
     p = commands.add_parser("report", help="print the markdown table and the default; optionally plot")
-    p.add_argument("json")
+    p.add_argument("json", nargs="+", help="study JSON files of one model (run in parts), merged")
     p.add_argument("--plot", metavar="PNG")
     p.set_defaults(fn=report)
     args = parser.parse_args(argv)

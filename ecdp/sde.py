@@ -67,7 +67,8 @@ def time_grid(steps, *, t_end=1e-3, spacing="uniform", dtype=torch.float64, devi
         ends = [_log_snr_scalar(1.0), _log_snr_scalar(t_end)]
         lams = torch.linspace(ends[0], ends[1], steps + 1, dtype=torch.float64, device=device)
         grid = t_from_log_snr(lams)
-        grid[0], grid[-1] = 1.0, t_end
+        grid[0].fill_(1.0)   # fill_ takes the scalar as a kernel argument: no copy from the host
+        grid[-1].fill_(t_end)
         return grid.to(dtype)
     raise ValueError(f"unknown time grid {spacing!r}; choose 'uniform' or 'logsnr'")
 
