@@ -9,8 +9,8 @@ that can run side by side; `report` merges the parts.
 `run` scores the reference engine (eager fp32, seed 0) with dopri5 at tol 1e-3 and 1e-4, and with
 Euler, Heun, RK4 and DPM-Solver++(2M) from 4 to 50 NFE on both time grids, writing the JSON after
 every setting. `report` prints the table and names the default: the cheapest fixed-step setting
-(fewest NFE, then fewest seconds) whose Y-PSNR on every set is at least that of dopri5 at 1e-4
-minus 0.05 dB.
+(fewest NFE, then fewest seconds) whose Y-PSNR on every set is within 0.05 dB of the best of dopri5
+at 1e-4 and the fixed-step settings (see default_setting).
 """
 import argparse
 import json
@@ -62,14 +62,20 @@ def run(args):
 
 
 def default_setting(rows, margin=MARGIN_DB):
-    """The cheapest fixed-step row whose Y-PSNR on every set is at least dopri5 1e-4's minus margin
-    (None without a dopri5 1e-4 row)."""
+    """The cheapest fixed-step row whose Y-PSNR on every set is within margin of the best of dopri5
+    at 1e-4 and every fixed-step row (None without a dopri5 1e-4 row).
+
+    Where Y-PSNR rises with NFE towards the exact flow, the best is dopri5 and this is "the cheapest
+    setting within margin of dopri5 at 1e-4". A model fine-tuned through one discretization (the
+    quality stage) can beat its own exact flow there; then the floor rises to that setting.
+    """
     reference = next((r for r in rows if r["setting"] == {"solver": "dopri5", "atol": 1e-4, "rtol": 1e-4}), None)
     if reference is None:
         return None
-    floor = {name: m["ecdp"]["psnr_y"] - margin for name, m in reference["sets"].items()}
-    good = [r for r in rows if r["setting"]["solver"] != "dopri5"
-            and all(m["ecdp"]["psnr_y"] >= floor[name] for name, m in r["sets"].items())]
+    fixed = [r for r in rows if r["setting"]["solver"] != "dopri5"]
+    floor = {name: max(r["sets"][name]["ecdp"]["psnr_y"] for r in [reference, *fixed]) - margin
+             for name in reference["sets"]}
+    good = [r for r in fixed if all(m["ecdp"]["psnr_y"] >= floor[name] for name, m in r["sets"].items())]
     return min(good, key=lambda r: (_mean(r, "nfe"), _mean(r, "seconds")), default=None)
 
 
@@ -93,7 +99,7 @@ def report(args):
     bicubic = [f"{n} {m['bicubic']['psnr_y']:.2f} dB" for n, m in rows[0]["sets"].items()]
     print(f"\nbicubic PSNR-Y: {', '.join(bicubic)}; device {study['device']}, seed {study['seed']}")
     best = default_setting(rows)
-    print(f"default (cheapest within {MARGIN_DB} dB of dopri5 tol 1e-4, or above it): "
+    print(f"default (cheapest within {MARGIN_DB} dB of the best of dopri5 tol 1e-4 and the fixed-step settings): "
           f"{label(best['setting']) if best else 'none'}")
     if args.plot:
         plot(rows, names, args.plot)
