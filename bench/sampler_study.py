@@ -112,17 +112,17 @@ def plot(rows, names, path):
 
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for solver in STEPS:
+        for color, solver in enumerate(STEPS):
             for grid, style in zip(GRIDS, ("--", "-")):
                 line = [r for r in rows if r["setting"]["solver"] == solver and r["setting"]["grid"] == grid]
                 ax.plot([r["sets"][name]["nfe"] for r in line], [r["sets"][name]["ecdp"]["psnr_y"] for r in line],
-                        style, marker="o", ms=3, label=f"{solver}, {grid}")
+                        style, color=f"C{color}", marker="o", ms=3, label=f"{solver}, {grid}")
         for r in rows:
             if r["setting"]["solver"] == "dopri5":
                 ax.scatter(r["sets"][name]["nfe"], r["sets"][name]["ecdp"]["psnr_y"], marker="*", s=120,
-                           zorder=3, label=label(r["setting"]))
+                           color="k" if r["setting"]["atol"] < 1e-3 else "gray", zorder=3, label=label(r["setting"]))
         ax.axhline(rows[0]["sets"][name]["bicubic"]["psnr_y"], color="gray", lw=1, label="bicubic")
-        ax.set(title=name, xlabel="network evaluations (NFE)", ylabel="PSNR-Y (dB)", xscale="log")
+        ax.set(title=name, xlabel="network evaluations (NFE)", ylabel="Y-PSNR (dB)", xscale="log")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
