@@ -3,8 +3,8 @@
     python -m bench.sampler_study run --model default --data SET5 SET14 --device cuda --out study.json
     python -m bench.sampler_study report study.json --plot study.png    # markdown table; plot needs matplotlib
 
-`run --references 1e-4 --max-nfe 0` and `run --references --max-nfe 8` split a study into parts
-that can run side by side; `report` merges the parts.
+`--references`, `--min-nfe` and `--max-nfe` split a study into parts (run them side by side, or
+one per time-limited job: `run --references --min-nfe 12 --max-nfe 24`); `report` merges them.
 
 `run` scores the reference engine (eager fp32, seed 0) with dopri5 at tol 1e-3 and 1e-4, and with
 Euler, Heun, RK4 and DPM-Solver++(2M) from 4 to 50 NFE on both time grids, writing the JSON after
@@ -30,14 +30,14 @@ STEPS = {   # steps giving about 4, 6, 8, 12, 16, 24, 32 and 50 NFE
 MARGIN_DB = 0.05
 
 
-def settings(references=REFERENCE_TOLS, max_nfe=50):
+def settings(references=REFERENCE_TOLS, min_nfe=0, max_nfe=50):
     """The settings as dicts of Upscaler options: dopri5 at each tolerance of `references` first, then
-    the fixed-step solvers up to max_nfe NFE, from the fewest up (a run cut short still covers the
-    cheap end)."""
+    the fixed-step solvers from min_nfe to max_nfe NFE, from the fewest up (a run cut short still
+    covers the cheap end)."""
     dopri5 = [{"solver": "dopri5", "atol": tol, "rtol": tol} for tol in references]
     fixed = [{"solver": solver, "steps": n, "grid": grid}
              for solver, counts in STEPS.items() for n in counts for grid in GRIDS
-             if n * EVALS_PER_STEP[solver] <= max_nfe]
+             if min_nfe <= n * EVALS_PER_STEP[solver] <= max_nfe]
     return dopri5 + sorted(fixed, key=lambda s: s["steps"] * EVALS_PER_STEP[s["solver"]])
 
 
@@ -51,7 +51,7 @@ def run(args):
     net, config = load_model(resolve_model(args.model))
     sets = load_sets(args.data, config.scale, args.device)
     report = {"model": str(args.model), "device": args.device, "seed": args.seed, "rows": []}
-    for setting in settings(args.references, args.max_nfe):
+    for setting in settings(args.references, args.min_nfe, args.max_nfe):
         upscaler = Upscaler(net, config, device=args.device, seed=args.seed, **setting)
         report["rows"].append({"setting": setting, "sets": evaluate(upscaler, sets, label(setting))})
         write_json(args.out, report)
@@ -139,6 +139,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--references", nargs="*", type=float, default=REFERENCE_TOLS, metavar="TOL",
                    help="dopri5 tolerances to run (default: 1e-3 1e-4; none: skip dopri5)")
+    p.add_argument("--min-nfe", type=int, default=0, help="skip fixed-step settings below this NFE")
     p.add_argument("--max-nfe", type=int, default=50, help="skip fixed-step settings above this NFE")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=run)

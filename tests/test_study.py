@@ -3,6 +3,7 @@ import json
 
 from bench import ablation, sampler_study
 from ecdp.modelfile import DEFAULT_MODEL
+from ecdp.sampling import EVALS_PER_STEP
 from test_data import write_images
 
 
@@ -33,6 +34,8 @@ def test_default_follows_a_setting_that_beats_the_exact_flow():
 
 def test_settings_cover_every_solver_and_grid_up_to_max_nfe():
     cheap = sampler_study.settings(references=(), max_nfe=4)
+    dear = sampler_study.settings(references=(), min_nfe=24)
+    assert min(s["steps"] * EVALS_PER_STEP[s["solver"]] for s in dear) == 24 and len(dear) == 2 * 12
     assert {(s["solver"], s["steps"]) for s in cheap} == {("euler", 4), ("heun", 2), ("rk4", 1), ("dpmpp2m", 4)}
     assert len(cheap) == 8
     full = sampler_study.settings()
