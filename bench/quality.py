@@ -8,21 +8,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ecdp.evaluation import mean_scores, read_hr, score_image
+from ecdp.evaluation import list_images, mean_scores, read_hr, score_image
 from ecdp.fileio import atomic_path
-
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def load_sets(folders, scale, device):
     """{folder name: [(image name, HR tensor on device)]} for every image of each folder."""
-    sets = {}
-    for folder in map(Path, folders):
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
-        if not paths:
-            raise SystemExit(f"{folder} has no images.")
-        sets[folder.name] = [(p.name, read_hr(p, scale).to(device)) for p in paths]
-    return sets
+    return {Path(folder).name: [(p.name, read_hr(p, scale).to(device)) for p in list_images(Path(folder))]
+            for folder in folders}
 
 
 def evaluate(upscaler, sets, desc):

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from ecdp.data import IMAGE_EXTENSIONS
 from ecdp.errors import UserError
 from ecdp.images import ImageInfo, read_image, write_image
 from ecdp.metrics import SSIM_RADIUS, lr_psnr, psnr, quantize, ssim
@@ -23,6 +24,16 @@ METRICS = {
 }
 HEADERS = {"psnr_rgb": "PSNR-RGB", "ssim_rgb": "SSIM-RGB", "psnr_y": "PSNR-Y", "ssim_y": "SSIM-Y",
            "lr_psnr": "LR-PSNR", "lpips": "LPIPS"}
+
+
+def list_images(folder, limit=None):
+    """The sorted image files of ``folder``, at most ``limit``; a UserError when there are none."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder.")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not paths:
+        raise UserError(f"{folder} has no images (looked for {', '.join(IMAGE_EXTENSIONS)}).")
+    return paths[:limit]
 
 
 def read_hr(path, scale):

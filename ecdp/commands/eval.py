@@ -10,12 +10,11 @@ from tqdm import tqdm
 
 from ecdp.errors import UserError
 from ecdp.fileio import atomic_path
-from ecdp.evaluation import METRICS, mean_scores, print_table, read_hr, save_strip, score_image
+from ecdp.evaluation import METRICS, list_images, mean_scores, print_table, read_hr, save_strip, score_image
 from ecdp.metrics import lpips, lpips_available
 from ecdp.sampling import SOLVERS
 from ecdp.upscaler import ENGINES, GRIDS, Upscaler
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 def add_parser(subparsers):
     p = subparsers.add_parser("eval", help="score ECDP and bicubic on folders of HR images",
                               description="Score ECDP against bicubic on folders of HR images.")
@@ -39,7 +38,7 @@ def add_parser(subparsers):
 
 
 def run(args):
-    folders = {Path(d): _list_images(Path(d), args.limit) for d in args.data}
+    folders = {Path(d): list_images(Path(d), args.limit) for d in args.data}
     tol = {"atol": args.tol, "rtol": args.tol} if args.tol is not None else {}
     upscaler = Upscaler.from_pretrained(args.checkpoint, device=args.device, solver=args.solver, steps=args.steps,
                                         seed=args.seed, grid=args.grid, engine=args.engine, **tol)
@@ -72,16 +71,6 @@ def _positive(text):
 def _settings(args, config):
     return {"solver": args.solver or config.solver, "steps": args.steps or config.steps,
             "grid": args.grid or config.grid, "tol": args.tol, "seed": args.seed, "device": args.device}
-
-
-def _list_images(folder, limit):
-    """The sorted image files of ``folder``, at most ``limit``; a UserError when there are none."""
-    if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder.")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
-    if not paths:
-        raise UserError(f"{folder} has no images (looked for {', '.join(EXTENSIONS)}).")
-    return paths[:limit]
 
 
 def _eval_folder(folder, paths, upscaler, args, distance, bar):
