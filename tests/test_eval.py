@@ -72,7 +72,7 @@ def test_empty_folder_is_one_sentence_error(model, tmp_path, capsys):
     rc, out, err = _eval(capsys, "--checkpoint", model, "--data", tmp_path / "empty", "--json", tmp_path / "r.json")
     assert rc != 0
     assert err.strip().splitlines() == [f"ecdp eval: error: {tmp_path / 'empty'} has no images "
-                                        "(looked for .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp)."]
+                                        "(looked for .png, .jpg, .jpeg, .webp, .bmp, .tif, .tiff)."]
     assert not (tmp_path / "r.json").exists()
 
 
