@@ -1,4 +1,4 @@
-"""Image quality metrics with the conventions of DESIGN section 3.
+"""Image quality metrics with the conventions of docs/design.md section 3.
 
 Inputs are (3, H, W) or (B, 3, H, W) float tensors in [0, 1], already quantized to 8 bits by the
 caller (``quantize``); each metric returns one value per image (shape ``a.shape[:-3]``).

@@ -1,6 +1,6 @@
 """ECDP networks: a BigGAN-style U-Net denoiser conditioned on an RRDB encoder of the LR image.
 
-Paper preset (DESIGN.md section 2), 42,587,846 parameters:
+Paper preset (docs/design.md section 2), 42,587,846 parameters:
 
 - U-Net, 26,039,302: input conv 3->64; levels of 64, 128, 256, 256 channels with 2 residual blocks
   down and 3 up; a stride-2 downsample after every level but the last (3 downsamples, 3 upsamples);

@@ -5,9 +5,8 @@ noise estimate ``eps_hyb``; the score in x is ``-eps_hyb / (sigma sqrt(1 - alpha
 """
 import torch
 
+from ecdp.choices import PARAMETRIZATIONS
 from ecdp.sde import _per_sample, alpha
-
-PARAMETRIZATIONS = ("hybrid", "eps", "x0")
 
 
 def mixing_weight(t, param="hybrid", c=1.0):

@@ -1,6 +1,6 @@
-"""MATLAB-style bicubic resize: the project's single resize (DESIGN section 1).
+"""MATLAB-style bicubic resize: the project's single resize (docs/design.md section 3).
 
-DESIGN section 1 fixes one resize for the whole project: ``mu(y) = up(y)`` of eq. 5 is the
+docs/design.md section 3 fixes one resize for the whole project: ``mu(y) = up(y)`` of eq. 5 is the
 bicubic upsampling of the LR image, and the degradation used for training and benchmarks is
 the matching bicubic downscale. Both follow MATLAB's ``imresize(..., 'bicubic')``:
 

@@ -6,11 +6,9 @@ on a precomputed time grid and never synchronize with the host inside the step l
 import torch
 from torchdiffeq import odeint
 
+from ecdp.choices import EVALS_PER_STEP, SOLVERS
 from ecdp.parametrization import data_estimate, noise_estimate
 from ecdp.sde import alpha, log_snr, probability_flow_drift, time_grid
-
-SOLVERS = ("dopri5", "euler", "heun", "rk4", "dpmpp2m")
-EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4, "dpmpp2m": 1}
 
 
 def solve(denoiser, z1, cond, *, solver, steps=None, param="hybrid", c=1.0, grid="uniform",

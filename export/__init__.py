@@ -1,8 +1,18 @@
-"""Exporters of the fixed-step ECDP solver (ONNX, TensorRT, AOTInductor); see export/README.md."""
-from ecdp.export.aoti import export_aoti
-from ecdp.export.graphs import ExportSpec
-from ecdp.export.onnx_export import export_onnx, run_step_graphs
-from ecdp.export.trt_engine import TensorRTUpscaler, build_engine, export_engine
+"""Exporters of the fixed-step ECDP solve (ONNX, TensorRT, AOTInductor); see the README's "Deploy" section.
 
-__all__ = ["ExportSpec", "export_onnx", "run_step_graphs", "export_engine", "build_engine", "export_aoti",
-           "TensorRTUpscaler"]
+The names below are loaded on first use: the ONNX and TensorRT ones need the ``export`` extra
+(``pip install "ecdp[export]"``) and TensorRT, which the ``ecdp-export`` command checks for itself.
+"""
+import importlib
+
+_HOMES = {"export_aoti": "aoti", "ExportSpec": "graphs", "export_onnx": "onnx_export",
+          "run_step_graphs": "onnx_export", "export_engine": "trt_engine", "build_engine": "trt_engine",
+          "TensorRTUpscaler": "trt_engine"}
+
+__all__ = list(_HOMES)
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'ecdp.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ecdp.export.{_HOMES[name]}"), name)

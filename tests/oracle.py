@@ -1,4 +1,4 @@
-"""The Gaussian oracle of DESIGN section 1: z_0 ~ N(m, v) per pixel has a closed-form denoiser."""
+"""The Gaussian oracle of docs/design.md section 1: z_0 ~ N(m, v) per pixel has a closed-form denoiser."""
 import torch
 
 from ecdp.sde import alpha

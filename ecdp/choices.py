@@ -1,0 +1,25 @@
+"""The choices a user can make, each list defined once; importing this module imports no torch.
+
+Command-line parsers read their choices from here, so ``ecdp --help`` answers without loading
+PyTorch; the modules that implement each choice check against the same lists.
+"""
+
+SOLVERS = ("dopri5", "euler", "heun", "rk4", "dpmpp2m")
+"""Probability-flow ODE solvers: adaptive dopri5 (torchdiffeq) and the fixed-step ones below."""
+
+EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4, "dpmpp2m": 1}
+"""Network evaluations per step of each fixed-step solver."""
+
+GRIDS = ("uniform", "logsnr")
+"""Time grids of the fixed-step solvers: uniform in t, or uniform in log-SNR."""
+
+PARAMETRIZATIONS = ("hybrid", "eps", "x0")
+"""Noise estimates of eq. 14, 15 and 18."""
+
+ENGINES = ("fast", "reference")
+"""How a solve runs: "fast" (conditioning cache; bf16 and CUDA graphs on a GPU) or "reference"
+(the plain method)."""
+
+DEFAULT_ENGINE = "fast"
+"""The engine of every entry point unless one is asked for: on the CPU it computes what the
+reference computes (to float rounding), only faster."""
