@@ -23,3 +23,6 @@ ENGINES = ("fast", "reference")
 DEFAULT_ENGINE = "fast"
 """The engine of every entry point unless one is asked for: on the CPU it computes what the
 reference computes (to float rounding), only faster."""
+
+ONNX_GRAPHS = ("full", "step")
+"""ONNX exports: the whole solve in one graph, or an encoder graph plus a one-step graph."""

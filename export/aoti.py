@@ -6,6 +6,7 @@ the ``ecdp.*`` keys of ``graphs.metadata`` and ``ecdp.device``.
 """
 import torch
 
+from ecdp import console
 from ecdp.errors import UserError
 from ecdp.export.graphs import example_inputs, export_program, load_resolver, metadata
 from ecdp.fileio import atomic_path
@@ -20,7 +21,8 @@ def export_aoti(model, path, spec, device="cpu"):
     resolver = load_resolver(model, spec, device)
     args = example_inputs(resolver, spec, device)
     configs = {"aot_inductor.metadata": {**metadata(resolver, spec), "ecdp.device": device}}
-    program = export_program(resolver, args)
-    with atomic_path(path) as tmp:
+    with console.stage("tracing the solve (torch.export)"):
+        program = export_program(resolver, args)
+    with console.stage(f"compiling {path} with AOTInductor for {device} (minutes)"), atomic_path(path) as tmp:
         torch._inductor.aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=configs)
     return [path]

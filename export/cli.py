@@ -1,19 +1,23 @@
-"""The ``ecdp-export`` command: a model folder to ONNX, a TensorRT engine or an AOTInductor package."""
+"""The ``ecdp-export`` command: a model folder to ONNX, a TensorRT engine or an AOTInductor package.
+
+PyTorch and the exporters are imported only once the arguments are parsed, so ``--help`` is instant
+and a missing optional dependency is one sentence naming the extra to install.
+"""
 import argparse
+import importlib.util
 import sys
 
-import torch
-
+from ecdp import console
+from ecdp.choices import EVALS_PER_STEP, GRIDS, ONNX_GRAPHS
 from ecdp.errors import UserError
-from ecdp.export.aoti import export_aoti
-from ecdp.export.graphs import GRIDS, ExportSpec
-from ecdp.export.onnx_export import GRAPHS, export_onnx
-from ecdp.export.trt_engine import export_engine
-from ecdp.sampling import EVALS_PER_STEP
+
+EXPORT_EXTRA = ("onnx", "onnxscript", "onnxruntime")
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    console.set_quiet(args.quiet)
+    console.silence_library_warnings()
     try:
         for path in _run(args):
             print(f"wrote {path}")
@@ -27,17 +31,38 @@ def main(argv=None):
 
 
 def _run(args):
-    spec = ExportSpec(lr_size=args.lr_size, batch=args.batch, solver=args.solver, steps=args.steps, grid=args.grid,
-                      precision=args.precision)
     if args.graph != "full" and not args.onnx:
         raise UserError("--graph step is only for --onnx; engines and AOTInductor packages hold the full solve.")
+    if args.onnx or args.trt:
+        require_export_extra("--onnx" if args.onnx else "--trt")
+    from ecdp.export.graphs import ExportSpec
+
+    spec = ExportSpec(lr_size=args.lr_size, batch=args.batch, solver=args.solver, steps=args.steps, grid=args.grid,
+                      precision=args.precision)
     if args.onnx:
+        from ecdp.export.onnx_export import export_onnx
+
         return export_onnx(args.onnx, args.output, spec, graph=args.graph)
     if args.trt:
+        from ecdp.export.trt_engine import export_engine
+
         return export_engine(args.trt, args.output, spec, workspace_gib=args.workspace,
                              timing_cache=args.timing_cache)
+    import torch
+
+    from ecdp.export.aoti import export_aoti
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return export_aoti(args.aoti, args.output, spec, device=device)
+
+
+def require_export_extra(option):
+    """Raise a UserError naming the extra to install when a package of the export extra is missing."""
+    missing = [name for name in EXPORT_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"{option} needs the export extra, and {', '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} not installed: "
+                        'run pip install -e ".[export]" in the ecdp folder.')
 
 
 def _parser():
@@ -53,7 +78,7 @@ def _parser():
     parser.add_argument("--solver", choices=list(EVALS_PER_STEP), help="default: the model's")
     parser.add_argument("--steps", type=_positive, help="solver steps (default: the model's)")
     parser.add_argument("--grid", choices=GRIDS, help="time grid (default: the model's)")
-    parser.add_argument("--graph", choices=GRAPHS, default="full",
+    parser.add_argument("--graph", choices=ONNX_GRAPHS, default="full",
                         help="ONNX only: the whole solve, or one solver step plus an encoder graph (OUT.encoder.onnx)")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
@@ -63,6 +88,7 @@ def _parser():
     parser.add_argument("--workspace", type=float, default=4.0, metavar="GIB", help="TensorRT workspace limit")
     parser.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache, read if present and updated")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="AOTInductor target (default: cuda if available)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no progress, only errors and the files written")
     return parser
 
 

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ecdp.choices import EVALS_PER_STEP, GRIDS
 from ecdp.engine import CachedDenoiser
 from ecdp.errors import UserError
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
-from ecdp.sampling import EVALS_PER_STEP, ONE_STEP_SOLVERS, drift_fn, noise_fn
+from ecdp.sampling import ONE_STEP_SOLVERS, drift_fn, noise_fn
 from ecdp.sde import time_grid
 
-GRIDS = ("uniform", "logsnr")
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -26,13 +26,14 @@ import numpy as np
 import onnx
 import torch
 
+from ecdp import console
+from ecdp.choices import ONNX_GRAPHS
 from ecdp.export.graphs import (EncoderGraph, StepGraph, example_inputs, export_program, load_resolver, metadata,
                                 step_times)
 from ecdp.fileio import atomic_path
 
 OPSET = 18
 BF16_OPSET = 22
-GRAPHS = ("full", "step")
 
 
 def export_onnx(model, path, spec, graph="full"):
@@ -71,10 +72,13 @@ def encoder_path(path):
 
 def write_onnx(module, args, input_names, output_names, path, props, opset=OPSET):
     """Export `module` on `args` to ONNX at `path` (atomically), with metadata `props`."""
-    program = torch.onnx.export(export_program(module, args), args, input_names=input_names,
-                                output_names=output_names, opset_version=opset, dynamo=True,
-                                external_data=False, optimize=True, verbose=False)
-    proto = program.model_proto
+    with console.stage(f"tracing {path.name} (torch.export)"):
+        program = export_program(module, args)
+    with console.stage(f"converting {path.name} to ONNX"):
+        onnx_program = torch.onnx.export(program, args, input_names=input_names, output_names=output_names,
+                                         opset_version=opset, dynamo=True, external_data=False, optimize=True,
+                                         verbose=False)
+    proto = onnx_program.model_proto
     onnx.helper.set_model_props(proto, props)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))

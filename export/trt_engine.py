@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ecdp import console
 from ecdp.errors import UserError
 from ecdp.export.onnx_export import export_onnx
 from ecdp.fileio import atomic_path
@@ -60,7 +61,8 @@ def build_engine(onnx_path, path, *, workspace_gib=4.0, timing_cache=None):
     cache = Path(timing_cache) if timing_cache else None
     known = cache.read_bytes() if cache and cache.is_file() else b""
     config.set_timing_cache(config.create_timing_cache(known), False)
-    engine = builder.build_serialized_network(network, config)
+    with console.stage(f"building the TensorRT engine {path}"):
+        engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise UserError(f"TensorRT could not build an engine from {onnx_path} (its log above says why).")
     with atomic_path(path) as tmp:

@@ -1,18 +1,13 @@
 """``ecdp demo``: the built-in model on photos that scikit-image ships (nothing to download).
 
 Each photo is center-cropped, degraded x(scale) with the project's bicubic, upscaled, and written as
-a side-by-side strip (bicubic | ECDP | original); a table of scores against bicubic is printed.
+a side-by-side strip (bicubic | ECDP | original); a table of scores against bicubic is printed. The
+crops and their LR images are written too (``OUT/hr/``, ``OUT/lr/``), as inputs for the README's
+examples.
 """
-import sys
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from ecdp.evaluation import mean_scores, print_table, save_strip, score_image
-from ecdp.metrics import quantize
-from ecdp.resize import mod_crop
-from ecdp.upscaler import ENGINES, Upscaler
+from ecdp.choices import DEFAULT_ENGINE, ENGINES
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 CROP = 256
@@ -22,9 +17,10 @@ def add_parser(subparsers):
     p = subparsers.add_parser("demo", help="upscale scikit-image's sample photos and compare with bicubic",
                               description="Upscale scikit-image's sample photos with the built-in model.")
     p.add_argument("--out", type=Path, default=Path("ecdp-demo"), metavar="DIR",
-                   help="folder for the side-by-side PNGs (default: ecdp-demo)")
+                   help="folder for the side-by-side PNGs and the photos' HR and LR crops (default: ecdp-demo)")
     p.add_argument("--checkpoint", default="default", metavar="MODEL", help="model folder (default: built-in)")
-    p.add_argument("--engine", choices=ENGINES, default="fast", help="sampling engine (default: fast)")
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                   help=f"sampling engine (default: {DEFAULT_ENGINE})")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run)
@@ -33,6 +29,7 @@ def add_parser(subparsers):
 def sample_photo(name, size=CROP):
     """A center crop of one of scikit-image's bundled photos as (3, H, W) floats in [0, 1]."""
     import skimage.data
+    import torch
 
     photo = torch.from_numpy(getattr(skimage.data, name)().copy()).permute(2, 0, 1).float() / 255
     h, w = photo.shape[-2:]
@@ -41,15 +38,28 @@ def sample_photo(name, size=CROP):
 
 
 def run(args):
+    import torch
+
+    from ecdp import console
+    from ecdp.evaluation import mean_scores, print_table, save_strip, score_image
+    from ecdp.images import ImageInfo, write_image
+    from ecdp.metrics import quantize
+    from ecdp.resize import downscale, mod_crop
+    from ecdp.upscaler import Upscaler
+
     upscaler = Upscaler.from_pretrained(args.checkpoint, device=args.device, seed=args.seed, engine=args.engine)
     scale = upscaler.config.scale
     records = []
-    with torch.inference_mode():
-        for name in tqdm(PHOTOS, unit="photo", file=sys.stderr, desc="demo"):
+    with torch.inference_mode(), console.progress(len(PHOTOS), desc="demo", unit="photo") as bar:
+        for name in PHOTOS:
             hr = quantize(mod_crop(sample_photo(name), scale))
             record, images = score_image(hr, upscaler, None)
             save_strip(args.out, name, *images)
+            write_image(args.out / "hr" / f"{name}.png", hr, None, ImageInfo())
+            write_image(args.out / "lr" / f"{name}.png", quantize(downscale(hr, scale)), None, ImageInfo())
             records.append({"image": name, **record})
+            bar.update()
     print_table({"data": f"scikit-image photos, {CROP}x{CROP} crops, x{scale}", "images": records,
                  "mean": mean_scores(records)}, has_lpips=False)
     print(f"\nside-by-side images (bicubic | ECDP | original): {args.out}/<photo>_strip.png")
+    print(f"the photos' crops and their x{scale} LR images: {args.out}/hr/, {args.out}/lr/")

@@ -1,0 +1,86 @@
+"""What our commands print while they work: progress, stages, and no library noise.
+
+- ``progress(total, desc=..., unit=...)``: a tqdm bar when stderr is a terminal; otherwise one
+  line per finished item (``desc: 3/8 tiles, 12 s, about 20 s left``), so logs stay readable.
+- ``stage(message)``: a line when a long step starts, and how long it took when it ends.
+- ``set_quiet(True)`` (``--quiet``) silences both; errors are still printed by the commands.
+- ``silence_library_warnings()``: the FutureWarnings and logged warnings that PyTorch's exporters
+  print about themselves, which say nothing about the user's input.
+"""
+import contextlib
+import logging
+import sys
+import time
+import warnings
+
+from tqdm import tqdm
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence (True) or restore (False) progress and stage lines for the whole process."""
+    global _quiet
+    _quiet = bool(quiet)
+
+
+def progress(total: int | None = None, *, desc: str, unit: str = "it"):
+    """A progress counter with ``update(n=1)`` and ``close()``, usable as a context manager.
+
+    total: the number of items, or None when unknown. On a terminal it is a tqdm bar on stderr;
+    elsewhere it prints one line per finished item; under ``set_quiet(True)`` nothing.
+    """
+    if _quiet:
+        return tqdm(total=total, disable=True)
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+    return LineProgress(total, desc=desc, unit=unit)
+
+
+class LineProgress:
+    """One stderr line per finished item: count, elapsed seconds and, with a total, the time left."""
+
+    def __init__(self, total: int | None, *, desc: str, unit: str):
+        self.total, self.desc, self.unit = total, desc, unit
+        self.n, self.start = 0, time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        elapsed = time.monotonic() - self.start
+        count = f"{self.unit} {self.n} of {self.total}" if self.total else f"{self.unit} {self.n}"
+        left = ""
+        if self.total and self.n < self.total:
+            left = f", about {elapsed / self.n * (self.total - self.n):.0f} s left"
+        print(f"{self.desc}: {count} done, {elapsed:.0f} s{left}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@contextlib.contextmanager
+def stage(message: str):
+    """Print ``message ...`` at once, then ``message: done in N s`` when the block ends without error."""
+    if not _quiet:
+        print(f"{message} ...", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    yield
+    if not _quiet:
+        print(f"{message}: done in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+
+
+def silence_library_warnings() -> None:
+    """Hide PyTorch's FutureWarnings and its exporters' logged warnings (e.g. about torchvision).
+
+    Imports torch: its logging set-up would otherwise reset the levels set here.
+    """
+    import torch._logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    torch._logging.set_logs(onnx=logging.ERROR, export=logging.ERROR)
