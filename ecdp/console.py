@@ -1,7 +1,8 @@
 """What our commands print while they work: progress, stages, and no library noise.
 
 - ``progress(total, desc=..., unit=...)``: a tqdm bar when stderr is a terminal; otherwise one
-  line per finished item (``desc: 3/8 tiles, 12 s, about 20 s left``), so logs stay readable.
+  line per finished item (``upscale: tile 3 of 8 done, 12 s, about 20 s left``), so logs stay
+  readable.
 - ``stage(message)``: a line when a long step starts, and how long it took when it ends.
 - ``set_quiet(True)`` (``--quiet``) silences both; errors are still printed by the commands.
 - ``silence_library_warnings()``: the FutureWarnings and logged warnings that PyTorch's exporters
