@@ -33,7 +33,7 @@ def readme_blocks():
 
 def shell_commands(code):
     """The commands of a bash block, continuation lines joined, without install and test-suite commands."""
-    joined = re.sub(r"\\\n\s*", " ", code)
+    joined = re.sub(r"\s*\\\n\s*", " ", code)
     commands = []
     for line in joined.splitlines():
         line = line.split(" #", 1)[0].strip() if not line.lstrip().startswith("#") else ""
