@@ -8,6 +8,7 @@ examples.
 from pathlib import Path
 
 from ecdp.choices import DEFAULT_ENGINE, ENGINES
+from ecdp.errors import UserError
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 CROP = 256
@@ -27,9 +28,17 @@ def add_parser(subparsers):
 
 
 def sample_photo(name, size=CROP):
-    """A center crop of one of scikit-image's bundled photos as (3, H, W) floats in [0, 1]."""
-    import skimage.data
+    """A center crop of one of scikit-image's bundled photos as (3, H, W) floats in [0, 1].
+
+    Raises UserError when scikit-image (the ``demo`` extra) is not installed.
+    """
     import torch
+
+    try:
+        import skimage.data
+    except ImportError:
+        raise UserError('ecdp demo needs the demo extra (scikit-image\'s sample photos): '
+                        'run pip install -e ".[demo]" in the ecdp folder.') from None
 
     photo = torch.from_numpy(getattr(skimage.data, name)().copy()).permute(2, 0, 1).float() / 255
     h, w = photo.shape[-2:]
