@@ -16,7 +16,7 @@ def test_demo_writes_strips_crops_and_lr_images(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--checkpoint", str(model), "--out", str(out)]) == 0
     for name in PHOTOS:
-        strip, hr, lr = (np.asarray(Image.open(path)) for path in
+        strip, hr, lr = (np.array(Image.open(path)) for path in
                          (out / f"{name}_strip.png", out / "hr" / f"{name}.png", out / "lr" / f"{name}.png"))
         assert strip.shape == (hr.shape[0], 3 * hr.shape[1], 3) and (strip[:, -hr.shape[1]:] == hr).all()
         expected = downscale(torch.from_numpy(hr).permute(2, 0, 1).double() / 255, SCALE).clamp(0, 1)
