@@ -116,8 +116,9 @@ class Upscaler:
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 if not _out_of_memory(e):
                     raise
-                raise UserError(f"out of memory on {self.device} for a {w}x{h} image; "
-                                f"{_tile_advice(tile)}") from None
+                size = y.shape[0] * 3 * s * h * s * w * 4 / 1e9
+                raise UserError(f"out of memory on {self.device} for a {w}x{h} image (its result alone takes "
+                                f"{size:.1f} GB); {_tile_advice(tile)}") from None
             x = x[..., : s * h, : s * w]
             if not torch.isfinite(x).all():
                 raise UserError("the model gave non-finite values (NaN or infinity); its weights or config "
@@ -160,7 +161,7 @@ def _out_of_memory(error):
 
 def _tile_advice(tile):
     if tile:
-        return f"pass a smaller tile than {tile} LR pixels (--tile PX)"
+        return f"pass a smaller tile than {tile} LR pixels (--tile PX) or a smaller image"
     return "sample it in tiles (--tile PX, e.g. --tile 128) to bound memory"
 
 
