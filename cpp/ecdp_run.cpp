@@ -4,7 +4,8 @@
 //   ecdp-run --engine MODEL.engine in.ppm out.ppm [...]   (built with TensorRT only)
 //
 // The prior noise is torch.randn from a CPU generator seeded with N (default 0), the noise that
-// ecdp.Upscaler draws for the same seed, or raw little-endian float32 values read from a file.
+// ecdp.Upscaler draws for the same seed when the HR image fits in one 512x512 noise block
+// (ecdp.sde.seeded_prior), or raw little-endian float32 values read from a file.
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cstdint>

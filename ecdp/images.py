@@ -1,36 +1,54 @@
-"""Image files for the CLI: any common mode in, the same mode out (DESIGN section 3).
+"""Image files and in-memory images: any common mode in, the same mode, depth and sample type out (DESIGN section 3).
 
 The model sees RGB in [0, 1]. Grayscale is replicated to RGB and written back as the mean of the
-three channels; alpha is kept aside, upscaled with the bicubic ``upscale`` and re-attached; 16-bit
-grayscale is scaled by 65535 and written back in 16 bits; palette images come back as RGB (RGBA
-when they have transparency), since super-resolution makes colors a palette cannot hold.
+three channels; alpha is kept aside, upscaled with the bicubic ``upscale`` and re-attached.
+Samples keep their type: 8-bit and 16-bit integers (gray, RGB, RGBA; 16-bit colour PNG and TIFF
+included) and 32-bit float gray in [0, 1]. Palette images come back as true colour (RGB, or RGBA
+when they have transparency), since super-resolution makes colours a palette cannot hold. The
+EXIF orientation is applied on reading; a colour profile and EXIF are carried to the output only
+where they still describe its pixels. Refused, each in one sentence: animations and multi-page
+files, 16-bit gray with alpha, integer samples above 16 bits and float samples outside [0, 1].
 """
+import dataclasses
+import io
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from ecdp.errors import UserError
 from ecdp.fileio import atomic_path
 from ecdp.resize import upscale
 
-SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I")
-SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}
+MAX_PIXELS = 2**24   # the default limit on the pixels of an input image (4096 x 4096)
+QUALITY = 95         # the default quality of lossy outputs
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+SAME_COLORS = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "I", "F", *SIXTEEN_BIT)
+LEVELS = {"uint8": 255, "uint16": 65535}   # float samples are stored as they are, in [0, 1]
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What is needed to write a result in the mode of its input."""
+    """What is needed to write a result like its input: channels, sample type, metadata, compression."""
 
     gray: bool = False
-    bits: int = 8
+    dtype: str = "uint8"            # numpy name of the sample type: uint8, uint16, float32 or float64
     icc_profile: bytes | None = None
+    exif: bytes | None = None
+    lossless: bool = True           # False for JPEG and lossy WebP inputs
 
 
-def read_image(path):
-    """(rgb (3,H,W) float32 in [0, 1], alpha (1,H,W) or None, ImageInfo) of an image file, upright."""
+def read_image(path, max_pixels=MAX_PIXELS):
+    """(rgb (3,H,W) float32 in [0, 1], alpha (1,H,W) or None, ImageInfo) of an image file, upright.
+
+    A file that is missing, unreadable, animated, larger than `max_pixels` or of a refused sample
+    type raises a UserError naming it.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
@@ -39,51 +57,154 @@ def read_image(path):
     if path.stat().st_size == 0:
         raise UserError(f"{path}: the file is empty")
     try:
-        with Image.open(path) as img:
+        with _open(path, max_pixels) as img:
+            sixteen_bit_color = _is_sixteen_bit_color(img)
             img.load()
-            return from_pil(ImageOps.exif_transpose(img))
+            low = _low_bytes(path) if sixteen_bit_color else None
+            lossless = img.format not in ("JPEG", "MPO") and not (img.format == "WEBP" and not _webp_lossless(path))
+            rgb, alpha, info = from_pil(img, low)
     except Image.UnidentifiedImageError:
         raise UserError(f"{path}: not a readable image (cannot identify image file)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+    except PixelError as e:
+        raise UserError(f"{path}: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise UserError(f"{path}: not a readable image ({_reason(e)})") from None
+    return rgb, alpha, dataclasses.replace(info, lossless=lossless)
 
 
-def write_image(path, rgb, alpha, info):
-    """Quantize rgb (3,H,W) (clamp, round) and write it atomically in the mode `info` records."""
-    path = Path(path)
-    fmt = save_format(path)
-    img = to_pil(rgb, alpha, info)
-    extra = {"icc_profile": info.icc_profile} if info.icc_profile else {}
+class PixelError(ValueError):
+    """Pixels of a kind that is refused (see the module docstring)."""
+
+
+def _open(path, max_pixels):
+    """Image.open with our size limit in place of Pillow's decompression-bomb check; refuses animations."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with atomic_path(path) as tmp:
-            img.save(tmp, format=fmt, **SAVE_OPTIONS.get(fmt, {}), **extra)
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"{path}: cannot be written as {fmt} ({_reason(e)})") from None
+        img = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    pixels = img.width * img.height
+    if pixels > max_pixels:
+        img.close()
+        raise UserError(f"{path}: {img.width}x{img.height} is {pixels:,} pixels, more than the limit of "
+                        f"{max_pixels:,}; pass --max-pixels {pixels} to allow it (it is then upscaled in tiles)")
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1 and img.format != "MPO":
+        img.close()
+        raise UserError(f"{path}: has {frames} frames; ECDP upscales single images (each frame would get its own "
+                        f"noise and flicker), so save the frames as separate files first")
+    return img
 
 
-def from_pil(img):
-    """(rgb (3,H,W), alpha (1,H,W) or None, ImageInfo) of a PIL image of any common mode."""
-    info = ImageInfo(gray=img.mode in SIXTEEN_BIT or img.mode in ("1", "L", "LA"),
-                     bits=16 if img.mode in SIXTEEN_BIT else 8, icc_profile=img.info.get("icc_profile"))
-    if info.bits == 16:
-        array = np.asarray(img).astype(np.float32)[..., None] / 65535
-    else:
-        array = np.asarray(_standard_mode(img), dtype=np.float32).reshape(img.height, img.width, -1) / 255
-    pixels = torch.from_numpy(np.clip(array, 0, 1)).permute(2, 0, 1).contiguous()
-    color = pixels[:1].expand(3, -1, -1).contiguous() if info.gray else pixels[:3]
-    alpha = pixels[-1:] if pixels.shape[0] in (2, 4) else None
+def _is_sixteen_bit_color(img):
+    """Whether Pillow decodes `img` (RGB or RGBA) from 16-bit samples, of which it keeps the high byte only."""
+    raw = [t.args if isinstance(t.args, str) else t.args[0] for t in img.tile or []]
+    return img.mode in ("RGB", "RGBA") and any(";16" in r for r in raw)
+
+
+def _low_bytes(path):
+    """The low bytes of the 16-bit samples of a colour image file, as an 8-bit PIL image.
+
+    Pillow's decoder keeps the high byte of each 16-bit sample; decoding the same data with the
+    byte order of the raw mode swapped keeps the low byte instead.
+    """
+    img = _open(path, float("inf"))
+    swapped = {";16B": ";16L", ";16L": ";16B"}
+    tiles = []
+    for tile in img.tile:
+        raw = tile.args if isinstance(tile.args, str) else tile.args[0]
+        if raw[-4:] not in swapped or raw[:-4] not in ("RGB", "RGBA"):
+            img.close()
+            raise PixelError(f"16-bit samples of mode {raw[:-4] or img.mode} are not supported (write them as "
+                             "8-bit, or as 16-bit gray, RGB or RGBA)")
+        raw = raw[:-4] + swapped[raw[-4:]]
+        tiles.append(tile._replace(args=raw if isinstance(tile.args, str) else (raw, *tile.args[1:])))
+    img.tile = tiles
+    with img:
+        img.load()
+        return img.copy()
+
+
+def _webp_lossless(path):
+    with open(path, "rb") as f:
+        return b"VP8L" in f.read(64)
+
+
+def from_pil(img, low=None):
+    """(rgb (3,H,W), alpha (1,H,W) or None, ImageInfo) of a PIL image of any common mode, upright.
+
+    low: the low bytes of 16-bit colour samples (see read_image), or None. Raises ValueError for an
+    empty image and PixelError for refused samples.
+    """
+    if img.width == 0 or img.height == 0:
+        raise ValueError(f"the image is empty ({img.width}x{img.height})")
+    upright = ImageOps.exif_transpose(img)
+    array = _samples(upright)
+    if low is not None:
+        array = array.astype(np.uint16) * 256 + _samples(ImageOps.exif_transpose(low))
+    same_colors = img.mode in SAME_COLORS
+    info = ImageInfo(gray=array.ndim == 2 or array.shape[-1] < 3, dtype=array.dtype.name,
+                     icc_profile=img.info.get("icc_profile") if same_colors else None, exif=_exif(upright))
+    return from_array(array, info)
+
+
+def from_array(array, info=None):
+    """(rgb (3,H,W) float32 in [0, 1], alpha (1,H,W) or None, ImageInfo) of an HxW or HxWxC array.
+
+    C is 1 to 4 (gray, gray + alpha, RGB, RGBA); integer samples are scaled by their largest
+    value, float samples taken as they are.
+    """
+    pixels = array.reshape(*array.shape[:2], -1)
+    info = info or ImageInfo(gray=pixels.shape[-1] < 3, dtype=array.dtype.name)
+    levels = LEVELS.get(array.dtype.name, 1)
+    pixels = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32) / levels).permute(2, 0, 1)
+    color = pixels[:1].expand(3, -1, -1).contiguous() if pixels.shape[0] < 3 else pixels[:3].contiguous()
+    alpha = pixels[-1:].contiguous() if pixels.shape[0] in (2, 4) else None
     return color, alpha, info
+
+
+def to_array(rgb, alpha, info):
+    """The HxW or HxWxC numpy array of rgb (3,H,W) in [0, 1] (alpha upscaled to its size) in the mode of `info`."""
+    channels = rgb.mean(0, keepdim=True) if info.gray else rgb
+    if alpha is not None:
+        channels = torch.cat([channels, _fit(alpha, rgb.shape[-2:])])
+    channels = channels.float().clamp(0, 1)
+    levels = LEVELS.get(info.dtype)
+    if levels:
+        channels = (channels * levels).round()
+    array = channels.permute(1, 2, 0).cpu().numpy().astype(info.dtype)
+    return array[..., 0] if array.shape[-1] == 1 else array
 
 
 def to_pil(rgb, alpha, info):
     """The PIL image of rgb (3,H,W) in [0, 1], with alpha upscaled to its size, in the mode of `info`."""
-    channels = rgb.mean(0, keepdim=True) if info.gray else rgb
-    if alpha is not None:
-        channels = torch.cat([channels, _fit(alpha, rgb.shape[-2:])])
-    levels = 2**info.bits - 1
-    array = (channels.float().clamp(0, 1) * levels).round().permute(1, 2, 0).cpu().numpy()
-    array = array.astype(np.uint16 if info.bits == 16 else np.uint8)
-    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    array = to_array(rgb, alpha, info)
+    if not _pil_holds(array):
+        raise PixelError(f"PIL cannot hold {_depth(array)} colour images; pass an array instead")
+    return Image.fromarray(array)
+
+
+def write_image(path, rgb, alpha, info, quality=QUALITY):
+    """Quantize rgb (3,H,W) (clamp, round) and write it atomically in the mode `info` records."""
+    path = Path(path)
+    fmt = save_format(path)
+    array = to_array(rgb, alpha, info)
+    try:
+        with atomic_path(path) as tmp:
+            _encode(tmp, array, fmt, info, quality)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: cannot be written as {fmt} ({_reason(e)})") from None
+
+
+def check_writable(path, info, has_alpha, quality=QUALITY):
+    """Raise the UserError write_image would raise for an image of this kind, by encoding a 2x2 one in memory."""
+    fmt = save_format(path)
+    probe = to_array(torch.zeros(3, 2, 2), torch.zeros(1, 2, 2) if has_alpha else None, info)
+    try:
+        _encode(io.BytesIO(), probe, fmt, info, quality)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: cannot be written as {fmt} ({_reason(e)})") from None
 
 
 def save_format(path):
@@ -95,9 +216,97 @@ def save_format(path):
 
 
 def output_suffix(path):
-    """The extension of `path` if images can be written with it, else ".png"."""
+    """The extension of `path` if its format writes true-colour RGB as it is, else ".png" (e.g. for GIF)."""
     suffix = Path(path).suffix
-    return suffix if _format(suffix) else ".png"
+    fmt = _format(suffix)
+    if fmt is None:
+        return ".png"
+    buffer = io.BytesIO()
+    try:
+        Image.new("RGB", (2, 2)).save(buffer, format=fmt)
+        with Image.open(buffer) as back:
+            keeps = back.mode == "RGB"
+    except (OSError, ValueError, KeyError):
+        keeps = False
+    return suffix if keeps else ".png"
+
+
+def _encode(target, array, fmt, info, quality):
+    """Write `array` (from to_array) to a path or a file object in format `fmt`."""
+    if not _pil_holds(array):
+        if fmt == "PNG" and array.dtype == np.uint16:
+            data = _png16(array, info)
+            return target.write(data) if hasattr(target, "write") else Path(target).write_bytes(data)
+        if fmt == "TIFF":
+            return tifffile.imwrite(target, array, photometric="rgb", iccprofile=info.icc_profile,
+                                    extrasamples=("unassalpha",) if array.shape[-1] == 4 else None)
+        raise ValueError(f"{fmt} cannot hold {_depth(array)} colour; write PNG or TIFF")
+    metadata = {k: v for k, v in (("icc_profile", info.icc_profile), ("exif", info.exif)) if v}
+    Image.fromarray(array).save(target, format=fmt, **_save_options(fmt, info, quality), **metadata)
+
+
+def _save_options(fmt, info, quality):
+    if fmt == "JPEG":
+        return {"quality": quality, "subsampling": 0}
+    if fmt == "WEBP":
+        return {"lossless": True} if info.lossless else {"quality": quality}
+    if fmt == "AVIF":
+        return {"quality": quality}
+    return {}
+
+
+def _pil_holds(array):
+    """Whether a PIL image can hold this array's layout and type (not 16-bit or float colour)."""
+    return array.dtype == np.uint8 or array.ndim == 2 and array.dtype in (np.uint16, np.float32)
+
+
+def _depth(array):
+    return "16-bit" if array.dtype == np.uint16 else f"{array.dtype.name} float"
+
+
+def _png16(array, info):
+    """A 16-bit RGB or RGBA PNG (no filtering; the zlib stream compresses it), with iCCP and eXIf chunks."""
+    height, width, channels = array.shape
+    rows = np.concatenate([np.zeros((height, 1), np.uint8),
+                           array.astype(">u2").reshape(height, -1).view(np.uint8)], axis=1)
+    chunks = [(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2 if channels == 3 else 6, 0, 0, 0))]
+    if info.icc_profile:
+        chunks.append((b"iCCP", b"ICC profile\0\0" + zlib.compress(info.icc_profile)))
+    if info.exif:
+        chunks.append((b"eXIf", info.exif[6:] if info.exif.startswith(b"Exif\0\0") else info.exif))
+    chunks += [(b"IDAT", zlib.compress(rows.tobytes(), 6)), (b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)) for kind, data in chunks)
+
+
+def _samples(img):
+    """The samples of a PIL image as an HxW or HxWxC array: uint8, uint16 (16-bit gray) or float32 (F)."""
+    if img.mode in SIXTEEN_BIT:
+        return np.asarray(img).astype(np.uint16)
+    if img.mode == "I":
+        array = np.asarray(img)
+        if array.min() < 0 or array.max() > 65535:
+            raise PixelError("32-bit integer samples outside 0..65535 are not supported (write 8 or 16 bits)")
+        return array.astype(np.uint16)
+    if img.mode == "F":
+        array = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise PixelError(f"float samples must be finite and lie in [0, 1], found {np.nanmin(array):g} to "
+                             f"{np.nanmax(array):g}")
+        return array
+    return np.asarray(_standard_mode(img), dtype=np.uint8)
+
+
+def _exif(img):
+    """EXIF bytes of an upright image without the tags that describe the input's pixels, or None."""
+    exif = img.getexif()
+    if not exif:
+        return None
+    exif.pop(ExifTags.Base.Orientation, None)
+    exif_ifd = exif.get_ifd(ExifTags.IFD.Exif)
+    for tag in (ExifTags.Base.ExifImageWidth, ExifTags.Base.ExifImageHeight):
+        exif_ifd.pop(tag, None)
+    return exif.tobytes()
 
 
 def _format(suffix):

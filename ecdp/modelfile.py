@@ -6,16 +6,21 @@ and the default sampler.
 """
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ecdp.errors import UserError
 from ecdp.fileio import atomic_path
 from ecdp.nets import NetConfig, PRESETS, build
+from ecdp.parametrization import PARAMETRIZATIONS
+from ecdp.sampling import SOLVERS
 
+GRIDS = ("uniform", "logsnr")
 FORMAT = "ecdp-model"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -55,8 +60,51 @@ class ModelConfig:
         unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ModelFileError(f"{source} has unknown keys: {', '.join(sorted(unknown))}.")
+        for key, value in fields.items():
+            if key != "net":
+                _check_value(key, value, CHECKS[key], source)
         fields["net"] = _net_config(fields.get("net", "tiny"), source)
         return cls(**fields)
+
+
+def _positive_int(value):
+    return type(value) is int and value >= 1
+
+
+def _positive_number(value):
+    return type(value) in (int, float) and math.isfinite(value) and value > 0
+
+
+def _non_negative_number(value):
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0
+
+
+def _positive_ints(value):
+    return isinstance(value, list) and len(value) > 0 and all(map(_positive_int, value))
+
+
+def _one_of(choices):
+    return lambda value: value in choices, f"one of {', '.join(map(repr, choices))}"
+
+
+CHECKS = {
+    "scale": (_positive_int, "a whole number of at least 1"),
+    "sigma": (_positive_number, "a finite number above 0"),
+    "param": _one_of(PARAMETRIZATIONS),
+    "c": (_non_negative_number, "a finite number of at least 0"),
+    "solver": _one_of(SOLVERS),
+    "steps": (_positive_int, "a whole number of at least 1"),
+    "grid": _one_of(GRIDS),
+}
+NET_CHECKS = {int: (_positive_int, "a whole number of at least 1"),
+              float: (_positive_number, "a finite number above 0"),
+              tuple[int, ...]: (_positive_ints, "a non-empty list of whole numbers of at least 1")}
+
+
+def _check_value(key, value, check, source):
+    valid, expected = check
+    if not valid(value):
+        raise ModelFileError(f"{source}: \"{key}\" must be {expected}, got {json.dumps(value)}.")
 
 
 def _preset_name(net):
@@ -68,10 +116,21 @@ def _net_config(value, source):
         if value not in PRESETS:
             raise ModelFileError(f"{source} names an unknown preset {value!r} (known: {', '.join(PRESETS)}).")
         return PRESETS[value]
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{source}: \"net\" must be a preset name ({', '.join(PRESETS)}) or an object of "
+                             f"network sizes, got {json.dumps(value)}.")
+    types = {f.name: f.type for f in dataclasses.fields(NetConfig)}
+    unknown = set(value) - set(types)
+    if unknown:
+        raise ModelFileError(f"{source}: \"net\" has unknown keys: {', '.join(sorted(unknown))}.")
+    for key, item in value.items():
+        _check_value(f"net.{key}", item, NET_CHECKS[types[key]], source)
+    net = NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
     try:
-        return NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
-    except TypeError as e:
-        raise ModelFileError(f"{source} has an invalid network description: {e}.") from None
+        build(net)
+    except (ValueError, RuntimeError, IndexError, ZeroDivisionError) as e:
+        raise ModelFileError(f"{source}: \"net\" describes no network that can be built ({e}).") from None
+    return net
 
 
 def save_model(folder, net, config):
@@ -126,6 +185,10 @@ def _read_weights(path, expected):
         if state[k].shape != v.shape:
             raise ModelFileError(f"{path} does not match its config: {k} has shape "
                                  f"{tuple(state[k].shape)}, the config needs {tuple(v.shape)}.")
+    broken = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if broken:
+        raise ModelFileError(f"{path} holds non-finite weights (NaN or infinity) in {len(broken)} tensors "
+                             f"(e.g. {broken[0]}).")
     return state
 
 

@@ -5,6 +5,7 @@ With ``z = (x - mu(y)) / sigma`` the forward SDE (eq. 5) becomes the plain VP-SD
 """
 import math
 
+import numpy as np
 import torch
 
 BETA_MIN = 0.1
@@ -30,6 +31,44 @@ def marginal_sample(z0, t, eps):
 def prior_sample(shape, *, generator=None, device=None, dtype=torch.float32):
     """z(1) ~ N(0, I): eq. 12 in z."""
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+NOISE_BLOCK = 512
+
+
+def seeded_prior(seed, shape, region=None, *, device=None):
+    """The prior sample z(1) ~ N(0, I) (eq. 12) of an image batch as a function of the seed and the position.
+
+    shape is (B, C, H, W) in HR pixels; region (top, left, height, width) selects a part of it
+    (default: all), so that a tile's noise is drawn for that tile alone. An image that fits in one
+    block (H and W at most NOISE_BLOCK) gets ``torch.randn(shape)`` from a CPU generator seeded
+    with `seed`, the noise the exported runners draw. A larger one is drawn block by block on a
+    fixed grid of NOISE_BLOCK x NOISE_BLOCK pixels, each block of each sample from a generator
+    seeded by (seed, sample, block row, block column): the noise at a pixel is the same whichever
+    region it is drawn in. Returns a float32 tensor (B, C, height, width) on `device`.
+    """
+    batch, channels, height, width = shape
+    top, left, h, w = region or (0, 0, height, width)
+    if height <= NOISE_BLOCK and width <= NOISE_BLOCK:
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        return noise[..., top:top + h, left:left + w].to(device)
+    n = NOISE_BLOCK
+    noise = torch.empty(batch, channels, h, w)
+    for i in range(top // n, -(-(top + h) // n)):
+        r0, r1 = max(top, i * n), min(top + h, (i + 1) * n)
+        for j in range(left // n, -(-(left + w) // n)):
+            c0, c1 = max(left, j * n), min(left + w, (j + 1) * n)
+            for b in range(batch):
+                block = torch.randn(channels, n, n, generator=_block_generator(seed, b, i, j))
+                noise[b, :, r0 - top:r1 - top, c0 - left:c1 - left] = block[:, r0 - i * n:r1 - i * n,
+                                                                            c0 - j * n:c1 - j * n]
+    return noise.to(device)
+
+
+def _block_generator(seed, sample, row, col):
+    """A CPU generator seeded from (seed, sample, row, col) by numpy's SeedSequence hash."""
+    state = np.random.SeedSequence([seed % 2**64, sample, row, col]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
 
 
 def probability_flow_drift(z, t, eps_hyb):

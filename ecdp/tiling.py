@@ -1,9 +1,11 @@
-"""Tiled sampling: overlapping LR tiles, one shared noise tensor, seams blended by smooth windows.
+"""Tiled sampling: overlapping LR tiles, each with the prior noise of its own region, seams blended by smooth windows.
 
-Each tile is solved with the prior noise cut from ONE full-size tensor, so neighbouring tiles follow
-the same noise where they overlap. Across an overlap one tile's weight falls as a raised cosine while
-the next one's rises, and the sum is normalized by the sum of weights. Tiles are solved one at a
-time, so the network never sees more than one tile.
+Each tile draws the noise of its HR region alone (``ecdp.sde.seeded_prior``), the same numbers the
+untiled image has there, so neighbouring tiles follow the same noise where they overlap and the
+result does not depend on the order of the tiles. Across an overlap one tile's weight falls as a
+raised cosine while the next one's rises; the weights are normalized to sum to 1 per axis. Tiles
+are solved one at a time, so the network and the noise never take more than one tile; the one
+full-size buffer is the blended result.
 """
 import math
 
@@ -18,28 +20,39 @@ def tile_starts(size, tile, overlap):
     return [round(i * (size - tile) / (count - 1)) for i in range(count)]
 
 
-def sample_tiled(solve_tile, y, z1, scale, tile, overlap):
-    """Blend solve_tile(y_tile, z1_tile) -> (z_tile, nfe) over the tiles of y; return (z, total nfe).
+def tile_grid(height, width, tile, overlap):
+    """(row index, column index, top, left) of every tile of an LR image, row by row."""
+    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    return [(i, j, top, left) for i, top in enumerate(rows) for j, left in enumerate(cols)]
 
-    y is (B,3,h,w), z1 the prior noise of the whole image (B,3,scale h,scale w); tile and overlap are
-    in LR pixels.
+
+def sample_tiled(solve_region, size, scale, tile, overlap):
+    """Blend solve_region(top, left, height, width) -> (x, nfe) over the tiles of an LR image; return (x, total nfe).
+
+    size is the LR (height, width); a region is in LR pixels and x (B,C,scale height,scale width)
+    its HR result. Returns the blended (B,C,scale size[0],scale size[1]) in x's dtype and device.
     """
-    rows = tile_starts(y.shape[-2], tile, overlap)
-    cols = tile_starts(y.shape[-1], tile, overlap)
-    total = torch.zeros_like(z1)
-    weight = z1.new_zeros(z1.shape[-2:])
-    nfe = 0
-    for i, top in enumerate(rows):
-        for j, left in enumerate(cols):
-            lr = (slice(top, top + tile), slice(left, left + tile))
-            hr = tuple(slice(scale * s.start, scale * s.stop) for s in lr)
-            z, n = solve_tile(y[(..., *lr)], z1[(..., *hr)])
-            w = torch.outer(_window(rows, i, tile, y.shape[-2], scale),
-                            _window(cols, j, tile, y.shape[-1], scale)).to(z1)
-            total[(..., *hr)] += w * z
-            weight[hr] += w
-            nfe += n
-    return total / weight, nfe
+    height, width = size
+    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    row_weights, col_weights = _weights(rows, tile, height, scale), _weights(cols, tile, width, scale)
+    total, nfe = None, 0
+    for i, j, top, left in tile_grid(height, width, tile, overlap):
+        x, n = solve_region(top, left, min(tile, height), min(tile, width))
+        if total is None:
+            total = x.new_zeros(*x.shape[:2], scale * height, scale * width)
+        hr = (slice(scale * top, scale * top + x.shape[-2]), slice(scale * left, scale * left + x.shape[-1]))
+        total[(..., *hr)] += torch.outer(row_weights[i], col_weights[j]).to(x) * x
+        nfe += n
+    return total, nfe
+
+
+def _weights(starts, tile, size, scale):
+    """HR windows of the tiles along one axis, divided by their sum at each pixel (so they sum to 1)."""
+    windows = [_window(starts, k, tile, size, scale) for k in range(len(starts))]
+    total = torch.zeros(scale * size, dtype=torch.float64)
+    for start, w in zip(starts, windows):
+        total[scale * start: scale * start + len(w)] += w
+    return [w / total[scale * start: scale * start + len(w)] for start, w in zip(starts, windows)]
 
 
 def _window(starts, k, tile, size, scale):

@@ -2,7 +2,9 @@
 
 x = clamp(mu + sigma z, 0, 1) with mu = up(y) (eq. 5) and z the probability-flow ODE solution
 (eq. 13) from seeded prior noise z(1) ~ N(0, I) (eq. 12), conditioned on the encoder features of y.
+Large images are solved in overlapping tiles (ecdp.tiling), each with the noise of its own region.
 """
+import functools
 import math
 import threading
 
@@ -12,19 +14,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ecdp.errors import UserError
-from ecdp.images import from_pil, to_pil
+from ecdp.images import from_array, from_pil, to_array, to_pil
 from ecdp.engine import fast_resolver, graphed_latent
-from ecdp.modelfile import load_model, resolve_model
+from ecdp.modelfile import GRIDS, load_model, resolve_model
 from ecdp.pipeline import SuperResolver
 from ecdp.resize import upscale
 from ecdp.sampling import SOLVERS
-from ecdp.sde import prior_sample
+from ecdp.sde import seeded_prior
 from ecdp.tiling import sample_tiled
 
-GRIDS = ("uniform", "logsnr")
 MIN_TILE = 8
-
-
+AUTO_TILE = 256               # LR pixels: the tile of images above AUTO_TILE_ABOVE when no tile is given
+AUTO_TILE_ABOVE = 1024 * 1024  # LR pixels
+MU_MARGIN = 3                 # LR pixels: beyond the taps of the bicubic upscale (2 on each side)
 ENGINES = ("reference", "fast")
 
 
@@ -33,7 +35,8 @@ class Upscaler:
 
     solver, steps and grid default to the model config's; atol and rtol are dopri5's tolerances;
     tile (LR pixels) turns on tiled sampling for larger images, with neighbouring tiles overlapping
-    by at least `overlap` LR pixels (default tile // 4). engine "fast" caches the conditioning,
+    by at least `overlap` LR pixels (default tile // 4); without it, images of more than
+    AUTO_TILE_ABOVE LR pixels are sampled in tiles of AUTO_TILE. engine "fast" caches the conditioning,
     runs the network in bf16 on CUDA and replays fixed-step solves from CUDA graphs; "reference" is
     the plain method. One Upscaler may be shared by several threads: calls are serialized.
     """
@@ -51,6 +54,7 @@ class Upscaler:
         unet_multiple = 2 ** (len(config.net.ch_mult) - 1)
         self.multiple = unet_multiple // math.gcd(unet_multiple, config.scale)
         self.tile, self.overlap = _tiling(tile, overlap, self.multiple)
+        self.auto_tile = _tiling(AUTO_TILE, overlap, self.multiple)
         self._latent = self._engine(engine)
         self._lock = threading.Lock()
         self.last_nfe = 0
@@ -73,38 +77,92 @@ class Upscaler:
         return cls(net, config, device=device, **options)
 
     def upscale(self, image):
-        """Super-resolve a PIL image, an HxW / HxWx3 / HxWx4 uint8 array or a (B,3,h,w) float tensor in [0, 1].
+        """Super-resolve a PIL image, an array or a (B,3,h,w) float tensor in [0, 1].
 
-        Returns the same kind: a PIL image of the same mode (palette images come back as RGB or RGBA),
-        an array of the same layout, or a (B,3,s h,s w) tensor on the input's device and dtype.
+        Arrays are HxW, HxWx3 or HxWx4, of uint8, uint16 or float32/float64 in [0, 1]. Returns the
+        same kind: a PIL image of the same mode (upright: its EXIF orientation applied; palette
+        images come back as RGB or RGBA), an array of the same layout and dtype, or a
+        (B,3,s h,s w) tensor on the input's device and dtype. Raises ValueError for an empty,
+        non-finite or out-of-range input, TypeError for anything else.
         """
         if isinstance(image, Image.Image):
             rgb, alpha, info = from_pil(image)
             return to_pil(self.sample(rgb[None])[0].cpu(), alpha, info)
         if isinstance(image, np.ndarray):
-            return np.array(self.upscale(Image.fromarray(_checked_array(image))))
+            rgb, alpha, info = from_array(_checked_array(image))
+            return to_array(self.sample(rgb[None])[0].cpu(), alpha, info)
         if isinstance(image, torch.Tensor):
-            return self.sample(_checked_tensor(image)).to(image.device, image.dtype)
+            return self.sample(image).to(image.device, image.dtype)
         raise TypeError(f"cannot upscale a {type(image).__name__}; pass a PIL image, a numpy array or a tensor")
 
     def sample(self, y):
-        """Super-resolve y (B,3,h,w) in [0, 1]; the network evaluations it took are kept in last_nfe."""
+        """Super-resolve y (B,3,h,w) in [0, 1]; the network evaluations it took are kept in last_nfe.
+
+        Raises ValueError for an empty, non-finite or out-of-range y, and UserError when memory runs
+        out or the model gives non-finite values.
+        """
+        _check_tensor(y)
         with self._lock, torch.inference_mode():
             y = y.to(self.device, torch.float32)
             s, (h, w) = self.config.scale, y.shape[-2:]
             padded = _pad(y, self.multiple)
-            z1 = self._prior(padded)
-            if self.tile and max(padded.shape[-2:]) > self.tile:
-                z, self.last_nfe = sample_tiled(self._latent, padded, z1, s, self.tile, self.overlap)
-            else:
-                z, self.last_nfe = self._latent(padded, z1)
-            return (upscale(y, s) + self.config.sigma * z[..., : s * h, : s * w]).clamp(0, 1)
+            tile, overlap = self._tiles_for(padded)
+            solve = functools.partial(self._solve_region, y, padded)
+            try:
+                if tile:
+                    x, self.last_nfe = sample_tiled(solve, padded.shape[-2:], s, tile, overlap)
+                else:
+                    x, self.last_nfe = solve(0, 0, *padded.shape[-2:])
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if not _out_of_memory(e):
+                    raise
+                size = y.shape[0] * 3 * s * h * s * w * 4 / 1e9
+                raise UserError(f"out of memory on {self.device} for a {w}x{h} image (its result alone takes "
+                                f"{size:.1f} GB); {_tile_advice(tile)}") from None
+            x = x[..., : s * h, : s * w]
+            if not torch.isfinite(x).all():
+                raise UserError("the model gave non-finite values (NaN or infinity); its weights or config "
+                                "are broken")
+            return x.clamp_(0, 1)
 
-    def _prior(self, y):
-        """Seeded prior noise at the HR size of y, drawn on the CPU and moved to the device."""
+    def _tiles_for(self, y):
+        """(tile, overlap) for the padded LR batch y, or (None, None) to solve it whole."""
+        if self.tile:
+            return (self.tile, self.overlap) if max(y.shape[-2:]) > self.tile else (None, None)
+        if y.shape[-2] * y.shape[-1] > AUTO_TILE_ABOVE:
+            return self.auto_tile
+        return None, None
+
+    def _solve_region(self, y, padded, top, left, height, width):
+        """(mu + sigma z, nfe) of one LR region of the padded batch, with the prior noise of that region alone."""
         s = self.config.scale
-        shape = (y.shape[0], 3, s * y.shape[-2], s * y.shape[-1])
-        return prior_sample(shape, generator=torch.Generator().manual_seed(self.seed)).to(self.device)
+        shape = (padded.shape[0], 3, s * padded.shape[-2], s * padded.shape[-1])
+        z1 = seeded_prior(self.seed, shape, (s * top, s * left, s * height, s * width), device=self.device)
+        z, nfe = self._latent(padded[..., top:top + height, left:left + width], z1)
+        return _region_upscale(y, top, left, height, width, s) + self.config.sigma * z, nfe
+
+
+def _region_upscale(y, top, left, height, width, scale):
+    """mu = up(y) on an LR region, from a window MU_MARGIN pixels wider (the same values as the whole
+    upscale there); zero where the region reaches past y into the padding."""
+    rows = slice(max(top - MU_MARGIN, 0), min(top + height + MU_MARGIN, y.shape[-2]))
+    cols = slice(max(left - MU_MARGIN, 0), min(left + width + MU_MARGIN, y.shape[-1]))
+    mu = upscale(y[..., rows, cols], scale)
+    r0, c0 = scale * (top - rows.start), scale * (left - cols.start)
+    mu = mu[..., r0:r0 + scale * height, c0:c0 + scale * width]
+    return F.pad(mu, (0, scale * width - mu.shape[-1], 0, scale * height - mu.shape[-2]))
+
+
+def _out_of_memory(error):
+    """Whether an exception is an allocator's out-of-memory (CUDA raises OutOfMemoryError, the CPU a RuntimeError)."""
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or "DefaultCPUAllocator" in text or "out of memory" in text
+
+
+def _tile_advice(tile):
+    if tile:
+        return f"pass a smaller tile than {tile} LR pixels (--tile PX) or a smaller image"
+    return "sample it in tiles (--tile PX, e.g. --tile 128) to bound memory"
 
 
 def _device(name):
@@ -149,14 +207,33 @@ def _pad(y, multiple):
 
 
 def _checked_array(array):
-    if not (array.dtype == np.uint8 and (array.ndim == 2 or array.ndim == 3 and array.shape[-1] in (3, 4))
-            or array.dtype == np.uint16 and array.ndim == 2):
-        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 uint8 array (or HxW uint16), "
+    """`array` if it is an image array Upscaler.upscale takes (see there), else a ValueError naming the problem."""
+    layout = array.ndim == 2 or array.ndim == 3 and array.shape[-1] in (3, 4)
+    if not layout or array.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 array of uint8, uint16 or float in [0, 1], "
                          f"got shape {array.shape} of {array.dtype}")
+    if array.size == 0:
+        raise ValueError(f"the array is empty (shape {array.shape})")
+    if array.dtype.kind == "f":
+        _check_values(torch.from_numpy(array), "array")
     return array
 
 
-def _checked_tensor(y):
+def _check_tensor(y):
+    """ValueError unless y is a non-empty (B, 3, h, w) float tensor of finite values in [0, 1]."""
     if y.dim() != 4 or y.shape[1] != 3 or not y.is_floating_point():
         raise ValueError(f"expected a float tensor of shape (B, 3, h, w), got {tuple(y.shape)} of {y.dtype}")
-    return y
+    if y.numel() == 0:
+        raise ValueError(f"the tensor is empty (shape {tuple(y.shape)})")
+    _check_values(y, "tensor")
+
+
+def _check_values(values, kind):
+    """ValueError unless every value is finite and in [0, 1]."""
+    finite = torch.isfinite(values)
+    if not finite.all():
+        raise ValueError(f"the {kind} holds {int((~finite).sum())} non-finite values (NaN or infinity)")
+    low, high = values.min().item(), values.max().item()
+    if low < 0 or high > 1:
+        hint = " (divide 0..255 values by 255)" if high > 1.5 else ""
+        raise ValueError(f"the {kind}'s values must lie in [0, 1], found {low:g} to {high:g}{hint}")

@@ -14,7 +14,7 @@ from ecdp import console
 from ecdp.errors import UserError
 from ecdp.export.onnx_export import export_onnx
 from ecdp.fileio import atomic_path
-from ecdp.sde import prior_sample
+from ecdp.sde import seeded_prior
 from ecdp.upscaler import Upscaler
 
 INSTALL = "TensorRT is not installed: pip install tensorrt (needs an NVIDIA GPU with CUDA)."
@@ -110,7 +110,7 @@ class TensorRTUpscaler(Upscaler):
         if tuple(y.shape) != self.shapes["lr"]:
             raise UserError(f"this engine takes LR batches of shape {self.shapes['lr']}, got {tuple(y.shape)}.")
         with torch.inference_mode():
-            noise = prior_sample(self.shapes["noise"], generator=torch.Generator().manual_seed(self.seed))
+            noise = seeded_prior(self.seed, self.shapes["noise"])
             tensors = {"lr": y.to(self.device, torch.float32).contiguous(), "noise": noise.to(self.device),
                        "sr": torch.empty(self.shapes["sr"], device=self.device)}
             for name, tensor in tensors.items():

@@ -1,4 +1,8 @@
-"""``ecdp eval``: ECDP against the bicubic baseline on folders of HR images (see ecdp.evaluation)."""
+"""``ecdp eval``: ECDP against the bicubic baseline on folders of HR images (see ecdp.evaluation).
+
+Under torchrun each image is scored by one rank; the scores meet in the order of a single process,
+so rank 0 prints the same table and means.
+"""
 import argparse
 import functools
 import json
@@ -12,6 +16,7 @@ from ecdp.errors import UserError
 from ecdp.fileio import atomic_path
 from ecdp.evaluation import METRICS, list_images, mean_scores, print_table, read_hr, save_strip, score_image
 from ecdp.metrics import lpips, lpips_available
+from ecdp.ranks import ranks
 from ecdp.sampling import SOLVERS
 from ecdp.upscaler import ENGINES, GRIDS, Upscaler
 
@@ -39,17 +44,33 @@ def add_parser(subparsers):
 
 def run(args):
     folders = {Path(d): list_images(Path(d), args.limit) for d in args.data}
+    with ranks(args.device) as process:
+        datasets, upscaler, has_lpips, reason = _evaluate(folders, args, process)
+    if process.rank == 0:
+        _report(datasets, upscaler, has_lpips, reason, args)
+
+
+def _evaluate(folders, args, process):
+    """(datasets, upscaler, has_lpips, reason): every folder scored, each image on one rank."""
     tol = {"atol": args.tol, "rtol": args.tol} if args.tol is not None else {}
-    upscaler = Upscaler.from_pretrained(args.checkpoint, device=args.device, solver=args.solver, steps=args.steps,
-                                        seed=args.seed, grid=args.grid, engine=args.engine, **tol)
+    upscaler = Upscaler.from_pretrained(args.checkpoint, device=process.device, solver=args.solver,
+                                        steps=args.steps, seed=args.seed, grid=args.grid, engine=args.engine, **tol)
     scale = upscaler.config.scale
     if args.scale and args.scale != scale:
         raise UserError(f"{args.checkpoint} upscales by {scale}, not by the requested {args.scale}.")
     has_lpips, reason = lpips_available(args.lpips_weights)
     distance = functools.partial(lpips, weights=args.lpips_weights) if has_lpips else None
-    bar = tqdm(total=sum(map(len, folders.values())), unit="img", file=sys.stderr, desc="eval")
+    total = sum(len(process.share(paths)) for paths in folders.values())
+    bar = tqdm(total=total, unit="img", file=sys.stderr, desc="eval", disable=process.rank > 0)
     with torch.inference_mode(), bar:
-        datasets = [_eval_folder(folder, paths, upscaler, args, distance, bar) for folder, paths in folders.items()]
+        datasets = [_eval_folder(folder, paths, upscaler, args, distance, bar, process)
+                    for folder, paths in folders.items()]
+    return datasets, upscaler, has_lpips, reason
+
+
+def _report(datasets, upscaler, has_lpips, reason, args):
+    """Print the tables and write the JSON report."""
+    scale = upscaler.config.scale
     lpips_note = "AlexNet v0.1" if has_lpips else f"unavailable: {reason}"
     for dataset in datasets:
         print_table(dataset, has_lpips)
@@ -73,22 +94,25 @@ def _settings(args, config):
             "grid": args.grid or config.grid, "tol": args.tol, "seed": args.seed, "device": args.device}
 
 
-def _eval_folder(folder, paths, upscaler, args, distance, bar):
-    """Score every readable image of one folder; warn about and skip the others."""
-    records, skipped = [], []
+def _eval_folder(folder, paths, upscaler, args, distance, bar, process):
+    """Score this rank's readable images of one folder (warn about and skip the others); gather all ranks'."""
+    results = []
     scale = upscaler.config.scale
-    for path in paths:
+    for index, path in process.share(enumerate(paths)):
         try:
             hr = read_hr(path, scale)
         except UserError as e:
             tqdm.write(f"ecdp eval: warning: skipped {e}", file=sys.stderr)
-            skipped.append(path.name)
+            results.append((index, path.name, None))
         else:
             record, images = score_image(hr, upscaler, distance)
-            records.append({"image": path.name, **record})
+            results.append((index, path.name, record))
             if args.save_images:
                 save_strip(args.save_images / folder.name, path.stem, *images)
         bar.update()
+    results = sorted(process.gather(results), key=lambda result: result[0])
+    records = [{"image": name, **record} for _, name, record in results if record is not None]
+    skipped = [name for _, name, record in results if record is None]
     if not records:
         raise UserError(f"{folder} has no readable images.")
     return {"data": str(folder), "images": records, "mean": mean_scores(records), "skipped": skipped}

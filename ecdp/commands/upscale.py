@@ -1,4 +1,4 @@
-"""``ecdp upscale IN... -o OUT``: super-resolve image files."""
+"""``ecdp upscale IN... -o OUT``: super-resolve image files (under torchrun, each file on one rank)."""
 import argparse
 import os
 import sys
@@ -8,19 +8,23 @@ import torch
 from tqdm import tqdm
 
 from ecdp.errors import UserError
-from ecdp.images import output_suffix, read_image, save_format, write_image
+from ecdp.images import MAX_PIXELS, QUALITY, check_writable, output_suffix, read_image, save_format, write_image
+from ecdp.ranks import ranks
 from ecdp.sampling import SOLVERS
 from ecdp.upscaler import ENGINES, GRIDS, Upscaler
 
 EPILOG = """\
 With one input, OUT is the output file, or a folder when it exists, ends in '/' or has no extension.
 With several inputs, OUT is a folder (created if needed) and each output is named after its input
-(same extension; .png when images cannot be written in that format).
+(same extension; .png when that format cannot hold true colour, e.g. GIF, or is not writable).
 
 Files are processed one by one. A file that cannot be read or written is reported in one line on
 stderr and gets no output; the other files are still processed, and the command then exits with
-status 1. Outputs keep the input's mode (grayscale, 16-bit, alpha; palette images become RGB or
-RGBA) and are written atomically: an error never leaves a partial file.
+status 1. Outputs keep the input's mode, depth and sample type (grayscale, 16-bit, 32-bit float
+gray, alpha; palette images become RGB or RGBA), its colour profile and EXIF, and its lossless or
+lossy compression where the output format allows; they are written atomically: an error never
+leaves a partial file. Animations and multi-page files are refused. Under torchrun every file is
+upscaled by exactly one process, and the exit status counts the failures of all of them.
 """
 
 
@@ -40,37 +44,50 @@ def add_parser(subparsers):
     p.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed (default: 0)")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--tile", type=_positive_int, metavar="PX",
-                   help="sample large images in overlapping tiles of PX LR pixels (bounds memory)")
+                   help="sample large images in overlapping tiles of PX LR pixels (bounds memory; images "
+                        "above 1024x1024 pixels are tiled by 256 without it)")
+    p.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse input images of more than N pixels (default: {MAX_PIXELS:,})")
+    p.add_argument("--quality", type=_quality, default=QUALITY, metavar="Q",
+                   help=f"quality 1-100 of lossy outputs: JPEG, AVIF and WebP from a lossy input (default: {QUALITY})")
     p.set_defaults(run=run)
 
 
 def run(args):
     outputs = plan_outputs(args.inputs, args.output)
-    upscaler = _upscaler(args)
-    failed = 0
-    for src, dst in tqdm(list(zip(args.inputs, outputs)), disable=len(outputs) < 2, unit="image", file=sys.stderr):
-        try:
-            upscale_file(upscaler, src, dst)
-        except UserError as e:
-            tqdm.write(f"ecdp upscale: error: {e}", file=sys.stderr)
-            failed += 1
-    if failed and len(outputs) > 1:
-        tqdm.write(f"ecdp upscale: {failed} of {len(outputs)} images failed", file=sys.stderr)
+    with ranks(args.device or ("cuda" if torch.cuda.is_available() else "cpu")) as process:
+        upscaler = _upscaler(args, process.device)
+        mine = process.share(zip(args.inputs, outputs))
+        failed = 0
+        for src, dst in tqdm(mine, disable=len(mine) < 2 or process.rank > 0, unit="image", file=sys.stderr):
+            try:
+                upscale_file(upscaler, src, dst, max_pixels=args.max_pixels, quality=args.quality)
+            except UserError as e:
+                tqdm.write(f"ecdp upscale: error: {e}", file=sys.stderr)
+                failed += 1
+        failed = process.total(failed)
+        if failed and len(outputs) > 1 and process.rank == 0:
+            tqdm.write(f"ecdp upscale: {failed} of {len(outputs)} images failed", file=sys.stderr)
     return 1 if failed else 0
 
 
-def upscale_file(upscaler, src, dst):
-    """Read src, super-resolve it and write dst in the mode of src."""
-    rgb, alpha, info = read_image(src)
+def upscale_file(upscaler, src, dst, *, max_pixels=MAX_PIXELS, quality=QUALITY):
+    """Read src, check that dst can hold it, super-resolve it and write dst in the mode of src."""
+    rgb, alpha, info = read_image(src, max_pixels)
+    check_writable(dst, info, alpha is not None, quality)
     try:
         sr = upscaler.sample(rgb[None])[0].cpu()
-    except torch.OutOfMemoryError:
-        raise UserError(f"{src}: out of memory on {upscaler.device}; try a smaller --tile") from None
-    write_image(dst, sr, alpha, info)
+    except UserError as e:
+        raise UserError(f"{src}: {e}") from None
+    write_image(dst, sr, alpha, info, quality)
 
 
 def plan_outputs(inputs, out):
-    """The output path of each input: OUT itself for one input and a file OUT, else OUT/<input name>."""
+    """The output path of each input: OUT itself for one input and a file OUT, else OUT/<input name>.
+
+    Checked before anything runs: the format of an output file, that OUT is not a file when it
+    names a folder, that its folder can be created and written, and that no input is overwritten.
+    """
     if len(inputs) == 1 and not _names_folder(out):
         save_format(out)
         paths = [Path(out)]
@@ -78,12 +95,25 @@ def plan_outputs(inputs, out):
         raise UserError(f"{out}: is a file, so it cannot be the output folder")
     else:
         paths = [Path(out) / (Path(src).stem + output_suffix(src)) for src in inputs]
+    for folder in {path.parent for path in paths}:
+        _check_folder(folder)
     _check_distinct(inputs, paths)
     return paths
 
 
 def _names_folder(out):
     return Path(out).is_dir() or out.endswith(("/", os.sep)) or not Path(out).suffix
+
+
+def _check_folder(folder):
+    """Refuse an output folder that cannot be created or written: its nearest existing ancestor decides."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{folder}: cannot be an output folder, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{folder}: cannot be written (no write permission on {existing})")
 
 
 def _check_distinct(inputs, paths):
@@ -98,8 +128,7 @@ def _check_distinct(inputs, paths):
         seen[target] = src
 
 
-def _upscaler(args):
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def _upscaler(args, device):
     return Upscaler.from_pretrained(args.checkpoint, device=device, solver=args.solver, steps=args.steps,
                                     grid=args.grid, seed=args.seed, tile=args.tile, engine=args.engine)
 
@@ -107,4 +136,10 @@ def _upscaler(args):
 def _positive_int(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _quality(text):
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 100, got {text!r}")
     return int(text)

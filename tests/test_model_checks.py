@@ -1,0 +1,75 @@
+"""Every value of a model's config.json and every weight checked on load; a non-finite output is an error."""
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from ecdp.errors import UserError
+from ecdp.modelfile import ModelFileError, load_model
+from ecdp.upscaler import Upscaler
+from test_cli_upscale import files_under, one_line, upscale
+from test_upscaler import random_uint8, save_tiny_model
+
+
+@pytest.fixture
+def model(tmp_path):
+    return save_tiny_model(tmp_path / "model")
+
+
+def set_config(model, key, value):
+    config = json.loads((model / "config.json").read_text())
+    config[key] = value
+    (model / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("sigma", math.nan, '"sigma" must be a finite number above 0, got NaN.'),
+    ("scale", 0, '"scale" must be a whole number of at least 1, got 0.'),
+    ("net", 5, '"net" must be a preset name (paper, small, tiny) or an object of network sizes, got 5.'),
+    ("param", "nonsense", "\"param\" must be one of 'hybrid', 'eps', 'x0', got \"nonsense\"."),
+    ("steps", 1.5, '"steps" must be a whole number of at least 1, got 1.5.'),
+    # more of the same kinds
+    ("sigma", math.inf, '"sigma" must be a finite number above 0, got Infinity.'),
+    ("scale", True, '"scale" must be a whole number of at least 1, got true.'),
+    ("grid", "cosine", "\"grid\" must be one of 'uniform', 'logsnr', got \"cosine\"."),
+    ("c", -1, '"c" must be a finite number of at least 0, got -1.'),
+    ("solver", None, "\"solver\" must be one of 'dopri5', 'euler', 'heun', 'rk4', 'dpmpp2m', got null."),
+    ("net", {"ch": 0}, '"net.ch" must be a whole number of at least 1, got 0.'),
+    ("net", {"ch_mult": "abc"}, '"net.ch_mult" must be a non-empty list of whole numbers of at least 1, got "abc".'),
+])
+def test_bad_config_values_are_one_sentence_naming_the_key(model, tmp_path, capsys, key, value, expected):
+    set_config(model, key, value)
+    with pytest.raises(ModelFileError) as error:
+        load_model(model)
+    assert str(error.value) == f"{model / 'config.json'}: {expected}"
+    Image.fromarray(random_uint8((8, 8, 3))).save(tmp_path / "in.png")
+    assert upscale(str(model), tmp_path / "in.png", "-o", tmp_path / "out") == 1
+    assert one_line(capsys) == f"ecdp upscale: error: {model / 'config.json'}: {expected}"
+    assert files_under(tmp_path / "out") == []
+
+
+def test_network_sizes_that_build_nothing_are_refused(model):
+    set_config(model, "net", {"ch": 30, "head_groups": 16})
+    with pytest.raises(ModelFileError, match='"net" describes no network that can be built'):
+        load_model(model)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_weights_are_refused_on_load(model, bad):
+    state = load_file(str(model / "model.safetensors"))
+    name = sorted(state)[3]
+    state[name].view(-1)[0] = bad
+    save_file(state, str(model / "model.safetensors"))
+    with pytest.raises(ModelFileError, match=rf"holds non-finite weights \(NaN or infinity\) in 1 tensors \(e.g. {name}\)"):
+        load_model(model)
+
+
+def test_non_finite_output_is_an_error_not_a_black_image(model):
+    up = Upscaler.from_pretrained(model, engine="reference")
+    with torch.no_grad():
+        up.net.denoiser.head_conv.weight.fill_(3e38)
+    with pytest.raises(UserError, match="the model gave non-finite values"):
+        up.upscale(torch.rand(1, 3, 8, 8))
