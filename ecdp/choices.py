@@ -1,4 +1,4 @@
-"""The choices a user can make, each list defined once; importing this module imports no torch.
+"""The options a user can set: their choices and defaults, each defined once; imports no torch.
 
 Command-line parsers read their choices from here, so ``ecdp --help`` answers without loading
 PyTorch; the modules that implement each choice check against the same lists.
@@ -26,3 +26,9 @@ reference computes (to float rounding), only faster."""
 
 ONNX_GRAPHS = ("full", "step")
 """ONNX exports: the whole solve in one graph, or an encoder graph plus a one-step graph."""
+
+MAX_PIXELS = 2**24
+"""The default limit on the pixels of an input image (4096 x 4096); ``--max-pixels`` raises it."""
+
+QUALITY = 95
+"""The default quality (1-100) of lossy outputs."""

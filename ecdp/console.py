@@ -25,13 +25,14 @@ def set_quiet(quiet: bool) -> None:
     _quiet = bool(quiet)
 
 
-def progress(total: int | None = None, *, desc: str, unit: str = "it"):
+def progress(total: int | None = None, *, desc: str, unit: str = "it", disable: bool = False):
     """A progress counter with ``update(n=1)`` and ``close()``, usable as a context manager.
 
     total: the number of items, or None when unknown. On a terminal it is a tqdm bar on stderr;
-    elsewhere it prints one line per finished item; under ``set_quiet(True)`` nothing.
+    elsewhere it prints one line per finished item; with disable (e.g. on all ranks but the
+    first) or under ``set_quiet(True)``, nothing.
     """
-    if _quiet:
+    if _quiet or disable:
         return tqdm(total=total, disable=True)
     if sys.stderr.isatty():
         return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)

@@ -117,9 +117,17 @@ class GraphedSolve:
 
 
 def graphed_latent(resolver, max_graphs=4):
-    """The resolver's latent solve (y, z1) -> (z, nfe) replayed from captured graphs."""
+    """The resolver's latent solve (y, z1) -> (z, nfe) replayed from captured graphs; a callback is
+    called once per step after the replay (the captured steps cannot call the host)."""
     if resolver.solver == "dopri5":
         raise ValueError("a captured solve needs a fixed-step solver; dopri5 chooses its steps at run time")
     graphed = GraphedSolve(lambda y, z1: resolver.latent(y, z1)[0], max_graphs)
     nfe = resolver.steps * EVALS_PER_STEP[resolver.solver]
-    return lambda y, z1: (graphed(y, z1), nfe)
+
+    def latent(y, z1, callback=None):
+        z = graphed(y, z1)
+        for _ in range(resolver.steps if callback else 0):
+            callback()
+        return z, nfe
+
+    return latent

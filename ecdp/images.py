@@ -21,12 +21,11 @@ import tifffile
 import torch
 from PIL import ExifTags, Image, ImageOps
 
+from ecdp.choices import MAX_PIXELS, QUALITY
 from ecdp.errors import UserError
 from ecdp.fileio import atomic_path
 from ecdp.resize import upscale
 
-MAX_PIXELS = 2**24   # the default limit on the pixels of an input image (4096 x 4096)
-QUALITY = 95         # the default quality of lossy outputs
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 SAME_COLORS = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "I", "F", *SIXTEEN_BIT)
 LEVELS = {"uint8": 255, "uint16": 65535}   # float samples are stored as they are, in [0, 1]

@@ -14,13 +14,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ecdp.choices import GRIDS, PARAMETRIZATIONS, SOLVERS
 from ecdp.errors import UserError
 from ecdp.fileio import atomic_path
 from ecdp.nets import NetConfig, PRESETS, build
-from ecdp.parametrization import PARAMETRIZATIONS
-from ecdp.sampling import SOLVERS
 
-GRIDS = ("uniform", "logsnr")
 FORMAT = "ecdp-model"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"

@@ -27,10 +27,12 @@ class SuperResolver(nn.Module):
         """Shape of the prior sample z1 for an LR batch y."""
         return (y.shape[0], 3, y.shape[-2] * self.scale, y.shape[-1] * self.scale)
 
-    def latent(self, y, z1):
-        """(z(t_end), nfe): the probability-flow solve from z1, conditioned on y's encoder features."""
+    def latent(self, y, z1, callback=None):
+        """(z(t_end), nfe): the probability-flow solve from z1, conditioned on y's encoder features;
+        callback as for ``ecdp.sampling.solve``."""
         return solve(self.net, z1, self.net.encode(y), solver=self.solver, steps=self.steps, param=self.param,
-                     c=self.c, grid=self.grid, atol=self.atol, rtol=self.rtol, t_end=self.t_end)
+                     c=self.c, grid=self.grid, atol=self.atol, rtol=self.rtol, t_end=self.t_end,
+                     callback=callback)
 
     def image(self, y, z):
         """x = clamp(mu(y) + sigma z, 0, 1)."""

@@ -12,23 +12,29 @@ from ecdp.sde import alpha, log_snr, probability_flow_drift, time_grid
 
 
 def solve(denoiser, z1, cond, *, solver, steps=None, param="hybrid", c=1.0, grid="uniform",
-          atol=1e-3, rtol=1e-3, t_end=1e-3):
-    """Integrate the probability-flow ODE from z1 at t = 1 down to t_end; return (z_end, nfe)."""
+          atol=1e-3, rtol=1e-3, t_end=1e-3, callback=None):
+    """Integrate the probability-flow ODE from z1 at t = 1 down to t_end; return (z_end, nfe).
+
+    callback(), when given, is called after every step of a fixed-step solver and after every
+    network evaluation of dopri5 (to show progress; it sees nothing of the state).
+    """
     eps_fn = noise_fn(denoiser, cond, param, c)
     if solver == "dopri5":
-        return _solve_adaptive(eps_fn, z1, t_end, atol, rtol)
+        return _solve_adaptive(eps_fn, z1, t_end, atol, rtol, callback)
     if solver not in EVALS_PER_STEP:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     if not steps or steps < 1:
         raise ValueError(f"solver {solver!r} needs a positive number of steps")
     ts = time_grid(steps, t_end=t_end, spacing=grid, dtype=z1.dtype, device=z1.device)
     if solver == "dpmpp2m":
-        return _solve_dpmpp2m(eps_fn, z1, ts), steps
+        return _solve_dpmpp2m(eps_fn, z1, ts, callback), steps
     step = ONE_STEP_SOLVERS[solver]
     drift = drift_fn(eps_fn)
     z = z1
     for i in range(steps):
         z = step(drift, z, ts[i], ts[i + 1])
+        if callback:
+            callback()
     return z, steps * EVALS_PER_STEP[solver]
 
 
@@ -71,7 +77,7 @@ def rk4_step(f, z, t, s):
 ONE_STEP_SOLVERS = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}
 
 
-def _solve_dpmpp2m(eps_fn, z, ts):
+def _solve_dpmpp2m(eps_fn, z, ts, callback=None):
     """DPM-Solver++(2M) on the data prediction implied by the noise estimate.
 
     With alpha_s = sqrt(a), sigma_s = sqrt(1 - a), lambda = log(alpha_s / sigma_s) and h the step in
@@ -92,10 +98,12 @@ def _solve_dpmpp2m(eps_fn, z, ts):
             d = (1 + 0.5 / r) * z0 - (0.5 / r) * z0_prev
         z = sigma_s[i + 1] / sigma_s[i] * z - alpha_s[i + 1] * torch.expm1(-h) * d
         z0_prev = z0
+        if callback:
+            callback()
     return z
 
 
-def _solve_adaptive(eps_fn, z1, t_end, atol, rtol):
+def _solve_adaptive(eps_fn, z1, t_end, atol, rtol, callback=None):
     """torchdiffeq dopri5 from t = 1 to t_end, counting network evaluations.
 
     A rejected step may evaluate the drift outside [t_end, 1], where alpha(t) > 1 for t < 0:
@@ -107,6 +115,8 @@ def _solve_adaptive(eps_fn, z1, t_end, atol, rtol):
     def drift(t, z):
         nonlocal nfe
         nfe += 1
+        if callback:
+            callback()
         return drift_at(z, t.clamp(t_end, 1.0))
 
     ts = torch.tensor([1.0, t_end], dtype=z1.dtype, device=z1.device)

@@ -13,21 +13,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ecdp.choices import DEFAULT_ENGINE, ENGINES, GRIDS, SOLVERS
 from ecdp.errors import UserError
 from ecdp.images import from_array, from_pil, to_array, to_pil
 from ecdp.engine import fast_resolver, graphed_latent
-from ecdp.modelfile import GRIDS, load_model, resolve_model
+from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
 from ecdp.resize import upscale
-from ecdp.sampling import SOLVERS
 from ecdp.sde import seeded_prior
-from ecdp.tiling import sample_tiled
+from ecdp.tiling import sample_tiled, tile_grid
 
 MIN_TILE = 8
 AUTO_TILE = 256               # LR pixels: the tile of images above AUTO_TILE_ABOVE when no tile is given
 AUTO_TILE_ABOVE = 1024 * 1024  # LR pixels
 MU_MARGIN = 3                 # LR pixels: beyond the taps of the bicubic upscale (2 on each side)
-ENGINES = ("reference", "fast")
 
 
 class Upscaler:
@@ -36,13 +35,14 @@ class Upscaler:
     solver, steps and grid default to the model config's; atol and rtol are dopri5's tolerances;
     tile (LR pixels) turns on tiled sampling for larger images, with neighbouring tiles overlapping
     by at least `overlap` LR pixels (default tile // 4); without it, images of more than
-    AUTO_TILE_ABOVE LR pixels are sampled in tiles of AUTO_TILE. engine "fast" caches the conditioning,
-    runs the network in bf16 on CUDA and replays fixed-step solves from CUDA graphs; "reference" is
-    the plain method. One Upscaler may be shared by several threads: calls are serialized.
+    AUTO_TILE_ABOVE LR pixels are sampled in tiles of AUTO_TILE. engine "fast" (the default, as on
+    every entry point) caches the conditioning, runs the network in bf16 on CUDA and replays
+    fixed-step solves from CUDA graphs; "reference" is the plain method. One Upscaler may be shared
+    by several threads: calls are serialized.
     """
 
     def __init__(self, net, config, *, device="cpu", solver=None, steps=None, seed=0, grid=None,
-                 tile=None, overlap=None, atol=1e-3, rtol=1e-3, engine="reference"):
+                 tile=None, overlap=None, atol=1e-3, rtol=1e-3, engine=DEFAULT_ENGINE):
         self.device = _device(device)
         self.net = net.to(self.device).eval()
         self.config = config
@@ -55,6 +55,7 @@ class Upscaler:
         self.multiple = unet_multiple // math.gcd(unet_multiple, config.scale)
         self.tile, self.overlap = _tiling(tile, overlap, self.multiple)
         self.auto_tile = _tiling(AUTO_TILE, overlap, self.multiple)
+        self.engine = engine
         self._latent = self._engine(engine)
         self._lock = threading.Lock()
         self.last_nfe = 0
@@ -95,11 +96,15 @@ class Upscaler:
             return self.sample(image).to(image.device, image.dtype)
         raise TypeError(f"cannot upscale a {type(image).__name__}; pass a PIL image, a numpy array or a tensor")
 
-    def sample(self, y):
+    def sample(self, y, progress=None):
         """Super-resolve y (B,3,h,w) in [0, 1]; the network evaluations it took are kept in last_nfe.
 
-        Raises ValueError for an empty, non-finite or out-of-range y, and UserError when memory runs
-        out or the model gives non-finite values.
+        progress, when given, is called once as ``progress(total, unit=...)`` and returns a counter
+        (``update()``, ``close()``) that is updated after every solver step of every tile: total is
+        tiles x steps, or None for dopri5, whose network evaluations are counted instead.
+        ``functools.partial(ecdp.console.progress, desc=...)`` is such a callable. A solve replayed
+        from a CUDA graph updates it for all its steps at once. Raises ValueError for an empty, non-finite or
+        out-of-range y, and UserError when memory runs out or the model gives non-finite values.
         """
         _check_tensor(y)
         with self._lock, torch.inference_mode():
@@ -107,7 +112,8 @@ class Upscaler:
             s, (h, w) = self.config.scale, y.shape[-2:]
             padded = _pad(y, self.multiple)
             tile, overlap = self._tiles_for(padded)
-            solve = functools.partial(self._solve_region, y, padded)
+            counter = self._counter(progress, padded, tile, overlap)
+            solve = functools.partial(self._solve_region, y, padded, callback=counter.update if counter else None)
             try:
                 if tile:
                     x, self.last_nfe = sample_tiled(solve, padded.shape[-2:], s, tile, overlap)
@@ -119,6 +125,9 @@ class Upscaler:
                 size = y.shape[0] * 3 * s * h * s * w * 4 / 1e9
                 raise UserError(f"out of memory on {self.device} for a {w}x{h} image (its result alone takes "
                                 f"{size:.1f} GB); {_tile_advice(tile)}") from None
+            finally:
+                if counter:
+                    counter.close()
             x = x[..., : s * h, : s * w]
             if not torch.isfinite(x).all():
                 raise UserError("the model gave non-finite values (NaN or infinity); its weights or config "
@@ -133,12 +142,21 @@ class Upscaler:
             return self.auto_tile
         return None, None
 
-    def _solve_region(self, y, padded, top, left, height, width):
+    def _counter(self, progress, padded, tile, overlap):
+        """The progress counter of one sample call (see sample), or None."""
+        if progress is None:
+            return None
+        if self.solver == "dopri5":
+            return progress(None, unit="network evaluation")
+        tiles = len(tile_grid(*padded.shape[-2:], tile, overlap)) if tile else 1
+        return progress(tiles * self.steps, unit="step")
+
+    def _solve_region(self, y, padded, top, left, height, width, callback=None):
         """(mu + sigma z, nfe) of one LR region of the padded batch, with the prior noise of that region alone."""
         s = self.config.scale
         shape = (padded.shape[0], 3, s * padded.shape[-2], s * padded.shape[-1])
         z1 = seeded_prior(self.seed, shape, (s * top, s * left, s * height, s * width), device=self.device)
-        z, nfe = self._latent(padded[..., top:top + height, left:left + width], z1)
+        z, nfe = self._latent(padded[..., top:top + height, left:left + width], z1, callback)
         return _region_upscale(y, top, left, height, width, s) + self.config.sigma * z, nfe
 
 

@@ -99,3 +99,24 @@ def test_help_says_how_failures_end(capsys):
     with pytest.raises(SystemExit):
         main(["upscale", "--help"])
     assert "exits with status 1" in " ".join(capsys.readouterr().out.split())
+
+
+def test_one_image_shows_its_solver_steps_over_all_tiles(model, tmp_path, capsys):
+    src = tmp_path / "in.png"
+    Image.fromarray(random_uint8((16, 16, 3))).save(src)
+    assert upscale(model, src, "-o", tmp_path / "out.png", "--tile", 8, "--steps", 2) == 0
+    lines = capsys.readouterr().err.splitlines()
+    tiles = 9                                      # 16 LR pixels in tiles of 8 overlapping by 2: 3 x 3
+    assert [line.split(",")[0] for line in lines] == [f"upscale {src}: step {i} of {2 * tiles} done"
+                                                      for i in range(1, 2 * tiles + 1)]
+
+
+def test_several_images_show_one_line_per_image_and_quiet_shows_none(model, tmp_path, capsys):
+    inputs = [tmp_path / f"{name}.png" for name in "ab"]
+    for index, path in enumerate(inputs):
+        Image.fromarray(random_uint8((8, 8, 3), seed=index)).save(path)
+    assert upscale(model, *inputs, "-o", tmp_path / "out") == 0
+    assert [line.split(",")[0] for line in capsys.readouterr().err.splitlines()] == [
+        "upscale: image 1 of 2 done", "upscale: image 2 of 2 done"]
+    assert upscale(model, *inputs, "-o", tmp_path / "quiet", "--quiet") == 0
+    assert capsys.readouterr().err == ""

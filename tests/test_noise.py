@@ -39,7 +39,7 @@ class IdentitySolve:
     def __init__(self):
         self.shapes = []
 
-    def __call__(self, y, z1):
+    def __call__(self, y, z1, callback=None):
         self.shapes.append(tuple(z1.shape))
         return z1, 1
 
@@ -87,7 +87,7 @@ def test_large_images_are_tiled_without_asking(model, monkeypatch):
 def test_out_of_memory_is_one_sentence_that_suggests_tiles(model, tile, advice):
     up = Upscaler.from_pretrained(model, tile=tile)
 
-    def allocate(y, z1):
+    def allocate(y, z1, callback=None):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:119] . DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 27648000000 bytes.")
     up._latent = allocate
@@ -99,7 +99,7 @@ def test_out_of_memory_is_one_sentence_that_suggests_tiles(model, tile, advice):
 def test_other_runtime_errors_pass_through(model):
     up = Upscaler.from_pretrained(model)
 
-    def broken(y, z1):
+    def broken(y, z1, callback=None):
         raise RuntimeError("shape mismatch")
     up._latent = broken
     with pytest.raises(RuntimeError, match="shape mismatch"):

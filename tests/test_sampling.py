@@ -123,3 +123,15 @@ def test_unknown_solver_and_missing_steps():
         solve(GaussianOracle(), _prior(4), None, solver="rk45", steps=4)
     with pytest.raises(ValueError, match="steps"):
         solve(GaussianOracle(), _prior(4), None, solver="heun")
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dpmpp2m", "dopri5"])
+def test_callback_once_per_step_or_per_evaluation(solver):
+    """Progress hook: once per fixed step; once per network evaluation of dopri5. It changes nothing."""
+    calls = []
+    z1 = _prior(8)
+    with_callback, nfe = solve(GaussianOracle(), z1, None, solver=solver, steps=5, grid="logsnr",
+                               callback=lambda: calls.append(1))
+    plain, _ = solve(GaussianOracle(), z1, None, solver=solver, steps=5, grid="logsnr")
+    assert len(calls) == (nfe if solver == "dopri5" else 5)
+    assert torch.equal(with_callback, plain)

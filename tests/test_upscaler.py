@@ -50,9 +50,9 @@ class Recorder(nn.Module):
 
 
 def recorded(model, **options):
-    """An Upscaler of a model folder whose network records the shapes it is given."""
+    """An Upscaler (reference engine: the network is called as it is) whose network records the shapes it is given."""
     net, config = load_model(model)
-    return Upscaler(Recorder(net), config, **options)
+    return Upscaler(Recorder(net), config, **{"engine": "reference", **options})
 
 
 def random_uint8(shape, seed=0):

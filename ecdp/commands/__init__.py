@@ -1,1 +1,33 @@
-"""Subcommands of ``ecdp``: each module has ``add_parser(subparsers)`` that sets ``run``."""
+"""Subcommands of ``ecdp``: each module has ``add_parser(subparsers)`` that sets ``run``.
+
+The options that choose how images are sampled are the same on every subcommand that samples
+(upscale, eval, demo), with the same defaults as ``ecdp.Upscaler``: the fast engine and the model's
+own sampler.
+"""
+import argparse
+
+from ecdp.choices import DEFAULT_ENGINE, ENGINES, GRIDS, SOLVERS
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """--engine, --solver, --steps, --grid and --seed, defaulting to what ``Upscaler`` defaults to."""
+    parser.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                        help=f"fast (conditioning cache; bf16 and CUDA graphs on a GPU) or reference "
+                             f"(default: {DEFAULT_ENGINE})")
+    parser.add_argument("--solver", choices=SOLVERS, help="ODE solver (default: the model's)")
+    parser.add_argument("--steps", type=positive_int, metavar="N", help="steps of a fixed-step solver "
+                                                                        "(default: the model's)")
+    parser.add_argument("--grid", choices=GRIDS, help="time grid of a fixed-step solver (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed (default: 0)")
+
+
+def sampler_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``Upscaler`` that add_sampler_arguments parsed."""
+    return {"engine": args.engine, "solver": args.solver, "steps": args.steps, "grid": args.grid, "seed": args.seed}

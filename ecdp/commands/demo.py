@@ -7,7 +7,7 @@ examples.
 """
 from pathlib import Path
 
-from ecdp.choices import DEFAULT_ENGINE, ENGINES
+from ecdp.commands import add_sampler_arguments, sampler_options
 from ecdp.errors import UserError
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -20,10 +20,8 @@ def add_parser(subparsers):
     p.add_argument("--out", type=Path, default=Path("ecdp-demo"), metavar="DIR",
                    help="folder for the side-by-side PNGs and the photos' HR and LR crops (default: ecdp-demo)")
     p.add_argument("--checkpoint", default="default", metavar="MODEL", help="model folder (default: built-in)")
-    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
-                   help=f"sampling engine (default: {DEFAULT_ENGINE})")
+    add_sampler_arguments(p)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run)
 
 
@@ -56,7 +54,7 @@ def run(args):
     from ecdp.resize import downscale, mod_crop
     from ecdp.upscaler import Upscaler
 
-    upscaler = Upscaler.from_pretrained(args.checkpoint, device=args.device, seed=args.seed, engine=args.engine)
+    upscaler = Upscaler.from_pretrained(args.checkpoint, device=args.device, **sampler_options(args))
     scale = upscaler.config.scale
     records = []
     with torch.inference_mode(), console.progress(len(PHOTOS), desc="demo", unit="photo") as bar:

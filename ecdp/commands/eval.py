@@ -9,40 +9,33 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
+from ecdp import console
+from ecdp.commands import add_sampler_arguments, positive_int, sampler_options
 from ecdp.errors import UserError
-from ecdp.fileio import atomic_path
-from ecdp.evaluation import METRICS, list_images, mean_scores, print_table, read_hr, save_strip, score_image
-from ecdp.metrics import lpips, lpips_available
-from ecdp.ranks import ranks
-from ecdp.sampling import SOLVERS
-from ecdp.upscaler import ENGINES, GRIDS, Upscaler
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("eval", help="score ECDP and bicubic on folders of HR images",
                               description="Score ECDP against bicubic on folders of HR images.")
     p.add_argument("--checkpoint", default="default", metavar="MODEL",
                    help="model folder (default: the built-in model)")
-    p.add_argument("--engine", choices=ENGINES, default="reference", help="sampling engine (default: reference)")
     p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="folders of HR images")
-    p.add_argument("--scale", type=_positive, help="check the model's scale (default: the model's)")
-    p.add_argument("--solver", choices=SOLVERS, help="default: the model's")
-    p.add_argument("--steps", type=_positive, help="steps of a fixed-step solver (default: the model's)")
-    p.add_argument("--grid", choices=GRIDS, help="time grid (default: the model's)")
+    p.add_argument("--scale", type=positive_int, help="check the model's scale (default: the model's)")
+    add_sampler_arguments(p)
     p.add_argument("--tol", type=float, help="atol = rtol of dopri5")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--save-images", type=Path, metavar="OUT",
                    help="write OUT/<folder>/<image>_sr.png and _strip.png (bicubic | ECDP | HR)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write all scores as JSON")
-    p.add_argument("--limit", type=_positive, metavar="N", help="at most N images per folder")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="at most N images per folder")
     p.add_argument("--lpips-weights", metavar="DIR", help="folder of the LPIPS weights (see ecdp.metrics.lpips)")
     p.set_defaults(run=run)
 
 
 def run(args):
+    from ecdp.evaluation import list_images
+    from ecdp.ranks import ranks
+
     folders = {Path(d): list_images(Path(d), args.limit) for d in args.data}
     with ranks(args.device) as process:
         datasets, upscaler, has_lpips, reason = _evaluate(folders, args, process)
@@ -52,16 +45,20 @@ def run(args):
 
 def _evaluate(folders, args, process):
     """(datasets, upscaler, has_lpips, reason): every folder scored, each image on one rank."""
+    import torch
+
+    from ecdp.metrics import lpips, lpips_available
+    from ecdp.upscaler import Upscaler
+
     tol = {"atol": args.tol, "rtol": args.tol} if args.tol is not None else {}
-    upscaler = Upscaler.from_pretrained(args.checkpoint, device=process.device, solver=args.solver,
-                                        steps=args.steps, seed=args.seed, grid=args.grid, engine=args.engine, **tol)
+    upscaler = Upscaler.from_pretrained(args.checkpoint, device=process.device, **sampler_options(args), **tol)
     scale = upscaler.config.scale
     if args.scale and args.scale != scale:
         raise UserError(f"{args.checkpoint} upscales by {scale}, not by the requested {args.scale}.")
     has_lpips, reason = lpips_available(args.lpips_weights)
     distance = functools.partial(lpips, weights=args.lpips_weights) if has_lpips else None
     total = sum(len(process.share(paths)) for paths in folders.values())
-    bar = tqdm(total=total, unit="img", file=sys.stderr, desc="eval", disable=process.rank > 0)
+    bar = console.progress(total, desc="eval", unit="image", disable=process.rank > 0)
     with torch.inference_mode(), bar:
         datasets = [_eval_folder(folder, paths, upscaler, args, distance, bar, process)
                     for folder, paths in folders.items()]
@@ -70,32 +67,33 @@ def _evaluate(folders, args, process):
 
 def _report(datasets, upscaler, has_lpips, reason, args):
     """Print the tables and write the JSON report."""
+    from ecdp.evaluation import METRICS, print_table
+    from ecdp.fileio import atomic_path
+
     scale = upscaler.config.scale
     lpips_note = "AlexNet v0.1" if has_lpips else f"unavailable: {reason}"
     for dataset in datasets:
         print_table(dataset, has_lpips)
     print(f"LPIPS: {lpips_note}")
     if args.json:
-        report = {"checkpoint": str(args.checkpoint), "scale": scale, **_settings(args, upscaler.config),
+        report = {"checkpoint": str(args.checkpoint), "scale": scale, **_settings(args, upscaler),
                   "lpips": lpips_note, "metrics": METRICS, "datasets": datasets}
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _settings(args, config):
-    return {"solver": args.solver or config.solver, "steps": args.steps or config.steps,
-            "grid": args.grid or config.grid, "tol": args.tol, "seed": args.seed, "device": args.device}
+def _settings(args, upscaler):
+    """The sampler the scores were made with: the upscaler's, which resolved the options against the model."""
+    return {"engine": args.engine, "solver": upscaler.solver, "steps": upscaler.steps, "grid": upscaler.grid,
+            "tol": args.tol, "seed": args.seed, "device": args.device}
 
 
 def _eval_folder(folder, paths, upscaler, args, distance, bar, process):
     """Score this rank's readable images of one folder (warn about and skip the others); gather all ranks'."""
+    from tqdm import tqdm
+
+    from ecdp.evaluation import mean_scores, read_hr, save_strip, score_image
+
     results = []
     scale = upscaler.config.scale
     for index, path in process.share(enumerate(paths)):

@@ -1,17 +1,14 @@
 """``ecdp upscale IN... -o OUT``: super-resolve image files (under torchrun, each file on one rank)."""
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
+from ecdp import console
+from ecdp.choices import MAX_PIXELS, QUALITY
+from ecdp.commands import add_sampler_arguments, positive_int, sampler_options
 from ecdp.errors import UserError
-from ecdp.images import MAX_PIXELS, QUALITY, check_writable, output_suffix, read_image, save_format, write_image
-from ecdp.ranks import ranks
-from ecdp.sampling import SOLVERS
-from ecdp.upscaler import ENGINES, GRIDS, Upscaler
 
 EPILOG = """\
 With one input, OUT is the output file, or a folder when it exists, ends in '/' or has no extension.
@@ -36,17 +33,12 @@ def add_parser(subparsers):
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder (see below)")
     p.add_argument("--checkpoint", metavar="PATH", default="default",
                    help="model folder (model.safetensors and config.json); default: the built-in model")
-    p.add_argument("--engine", choices=ENGINES, default="fast",
-                   help="fast (conditioning cache; bf16 and CUDA graphs on GPU) or reference (default: fast)")
-    p.add_argument("--solver", choices=SOLVERS, help="ODE solver (default: the model's)")
-    p.add_argument("--steps", type=_positive_int, metavar="N", help="solver steps (default: the model's)")
-    p.add_argument("--grid", choices=GRIDS, help="time grid of fixed-step solvers (default: the model's)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed (default: 0)")
+    add_sampler_arguments(p)
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
-    p.add_argument("--tile", type=_positive_int, metavar="PX",
+    p.add_argument("--tile", type=positive_int, metavar="PX",
                    help="sample large images in overlapping tiles of PX LR pixels (bounds memory; images "
                         "above 1024x1024 pixels are tiled by 256 without it)")
-    p.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS, metavar="N",
+    p.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
                    help=f"refuse input images of more than N pixels (default: {MAX_PIXELS:,})")
     p.add_argument("--quality", type=_quality, default=QUALITY, metavar="Q",
                    help=f"quality 1-100 of lossy outputs: JPEG, AVIF and WebP from a lossy input (default: {QUALITY})")
@@ -54,29 +46,43 @@ def add_parser(subparsers):
 
 
 def run(args):
+    import torch
+    from tqdm import tqdm
+
+    from ecdp.ranks import ranks
+
     outputs = plan_outputs(args.inputs, args.output)
     with ranks(args.device or ("cuda" if torch.cuda.is_available() else "cpu")) as process:
         upscaler = _upscaler(args, process.device)
         mine = process.share(zip(args.inputs, outputs))
         failed = 0
-        for src, dst in tqdm(mine, disable=len(mine) < 2 or process.rank > 0, unit="image", file=sys.stderr):
-            try:
-                upscale_file(upscaler, src, dst, max_pixels=args.max_pixels, quality=args.quality)
-            except UserError as e:
-                tqdm.write(f"ecdp upscale: error: {e}", file=sys.stderr)
-                failed += 1
+        one_file = len(outputs) == 1
+        steps = functools.partial(console.progress, desc=f"upscale {args.inputs[0]}") if one_file else None
+        with console.progress(len(mine), desc="upscale", unit="image", disable=one_file or process.rank > 0) as files:
+            for src, dst in mine:
+                try:
+                    upscale_file(upscaler, src, dst, max_pixels=args.max_pixels, quality=args.quality, progress=steps)
+                except UserError as e:
+                    tqdm.write(f"ecdp upscale: error: {e}", file=sys.stderr)
+                    failed += 1
+                files.update()
         failed = process.total(failed)
         if failed and len(outputs) > 1 and process.rank == 0:
             tqdm.write(f"ecdp upscale: {failed} of {len(outputs)} images failed", file=sys.stderr)
     return 1 if failed else 0
 
 
-def upscale_file(upscaler, src, dst, *, max_pixels=MAX_PIXELS, quality=QUALITY):
-    """Read src, check that dst can hold it, super-resolve it and write dst in the mode of src."""
+def upscale_file(upscaler, src, dst, *, max_pixels=MAX_PIXELS, quality=QUALITY, progress=None):
+    """Read src, check that dst can hold it, super-resolve it and write dst in the mode of src.
+
+    progress: as for ``Upscaler.sample`` (the solver steps of this one image), or None.
+    """
+    from ecdp.images import check_writable, read_image, write_image
+
     rgb, alpha, info = read_image(src, max_pixels)
     check_writable(dst, info, alpha is not None, quality)
     try:
-        sr = upscaler.sample(rgb[None])[0].cpu()
+        sr = upscaler.sample(rgb[None], progress)[0].cpu()
     except UserError as e:
         raise UserError(f"{src}: {e}") from None
     write_image(dst, sr, alpha, info, quality)
@@ -88,6 +94,8 @@ def plan_outputs(inputs, out):
     Checked before anything runs: the format of an output file, that OUT is not a file when it
     names a folder, that its folder can be created and written, and that no input is overwritten.
     """
+    from ecdp.images import output_suffix, save_format
+
     if len(inputs) == 1 and not _names_folder(out):
         save_format(out)
         paths = [Path(out)]
@@ -129,14 +137,9 @@ def _check_distinct(inputs, paths):
 
 
 def _upscaler(args, device):
-    return Upscaler.from_pretrained(args.checkpoint, device=device, solver=args.solver, steps=args.steps,
-                                    grid=args.grid, seed=args.seed, tile=args.tile, engine=args.engine)
+    from ecdp.upscaler import Upscaler
 
-
-def _positive_int(text):
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
+    return Upscaler.from_pretrained(args.checkpoint, device=device, tile=args.tile, **sampler_options(args))
 
 
 def _quality(text):
