@@ -125,7 +125,7 @@ class SRDataset(torch.utils.data.Dataset):
                 return self._load(self.pairs[i])
             except UserError as e:
                 self._unreadable[i] = True
-                warnings.warn(f"skipping training image {self.pairs[i][0]}: {e}", DataWarning)
+                _warn_skipped(self.pairs[i], e)
         raise UserError("none of the training images can be read any more.")
 
     def _inspect(self, pair):
@@ -150,7 +150,7 @@ class SRDataset(torch.utils.data.Dataset):
                 decoded.append(self._load(pair))
                 usable.append(pair)
             except UserError as e:
-                warnings.warn(f"skipping training image {pair[0]}: {e}", DataWarning)
+                _warn_skipped(pair, e)
         self.pairs = usable
         return decoded
 
@@ -229,6 +229,11 @@ def _checked_size(path):
         size = img.size
         img.verify()
     return size
+
+
+def _warn_skipped(pair, error):
+    """One warning that the pair of the HR file pair[0] is skipped, for the UserError ``error``."""
+    warnings.warn(f"skipping training image {pair[0]}: {str(error).removeprefix(f'{pair[0]}: ')}", DataWarning)
 
 
 def _pair(hr_folders, lr_folders, scale):

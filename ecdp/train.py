@@ -52,6 +52,9 @@ from ecdp.resize import upscale
 ENCODER_FILE = "encoder.safetensors"
 LOG = "log.csv"
 EVENTS = "train.log"
+MIN_SIGMA = 1e-4
+"""Smallest estimated sigma: the 8-bit rounding of the LR images alone gives about 1e-3; below, z = (x - mu) / sigma
+would be float rounding noise blown up."""
 
 
 @dataclass
@@ -187,30 +190,29 @@ class Trainer:
             self._begin()
         batches = iter(self._loader())
         log = _Log(self.out / LOG, self.step, self.process)
-        bar = tqdm(total=self.settings.steps, initial=self.step, desc=self.stage, disable=not self.process.is_main,
-                   dynamic_ncols=True)
         deadline = time.monotonic() + 60 * self.settings.minutes if self.settings.minutes else None
         last = self.step >= self.settings.steps
         self.bad_step = torch.zeros((), dtype=torch.long, device=self.process.device)
-        while not last:
-            loss = self._train_step(next(batches))
-            self.step += 1
-            self.samples += self.settings.batch
-            self.bad_step = torch.where((self.bad_step == 0) & ~loss.isfinite(), self.step, self.bad_step)
-            last = self.step >= self.settings.steps or (self._due(self.settings.log_every)
-                                                        and self._time_is_up(deadline))
-            bar.update()
-            log.add(loss)
-            save = self._due(self.settings.checkpoint_every) or last
-            if self._due(self.settings.log_every) or save:
-                self._stop_if_diverged(weights=save)
-            if self._due(self.settings.log_every) or last:
-                bar.set_postfix(loss=f"{log.write(self.step, self._lr()):.4g}")
-            if self.process.world > 1 and self._due(self.settings.check_sync_every):
-                check_sync(self.net, self.step)
-            if save:
-                self._checkpoint()
-        bar.close()
+        with tqdm(total=self.settings.steps, initial=self.step, desc=self.stage, disable=not self.process.is_main,
+                  dynamic_ncols=True) as bar:
+            while not last:
+                loss = self._train_step(next(batches))
+                self.step += 1
+                self.samples += self.settings.batch
+                self.bad_step = torch.where((self.bad_step == 0) & ~loss.isfinite(), self.step, self.bad_step)
+                last = self.step >= self.settings.steps or (self._due(self.settings.log_every)
+                                                            and self._time_is_up(deadline))
+                bar.update()
+                log.add(loss)
+                save = self._due(self.settings.checkpoint_every) or last
+                if self._due(self.settings.log_every) or save:
+                    self._stop_if_diverged(weights=save)
+                if self._due(self.settings.log_every) or last:
+                    bar.set_postfix(loss=f"{log.write(self.step, self._lr()):.4g}")
+                if self.process.world > 1 and self._due(self.settings.check_sync_every):
+                    check_sync(self.net, self.step)
+                if save:
+                    self._checkpoint()
 
     def _resume_changes(self, checkpoint, state):
         """The allowed config changes since ``checkpoint`` ('key old -> new'); a UserError lists the
@@ -335,10 +337,13 @@ class Trainer:
         if sigma is not None and init_sigma is not None and sigma != init_sigma:
             raise UserError(f"model.sigma is {sigma} but train.init has sigma {init_sigma}; leave it null.")
         if sigma is None:
-            sigma = init_sigma or estimate_sigma(self.dataset, self.config.data.sigma_crops, self.settings.seed)
-        if not sigma > 0:
-            raise UserError(f"model.sigma estimated from {self.config.data.sigma_crops} training crops is {sigma}: "
-                            "the images have no detail beyond their bicubic upscaling; set model.sigma.")
+            sigma = init_sigma
+        if sigma is None:
+            sigma = estimate_sigma(self.dataset, self.config.data.sigma_crops, self.settings.seed)
+            if sigma < MIN_SIGMA:
+                raise UserError(f"model.sigma estimated from {self.config.data.sigma_crops} training crops is "
+                                f"{sigma:.3g}, below {MIN_SIGMA}: the images have no detail beyond their bicubic "
+                                "upscaling; train on other images.")
         return float(sigma)
 
     def _param_groups(self):
@@ -382,7 +387,10 @@ class Trainer:
         self.net.load_state_dict(tensors["model"])
         self.ema.load_state_dict(tensors["ema"])
         saved = _optimizer_state_dict(tensors["optimizer"], state["optimizer"], self.optimizer)
+        configured = [group["initial_lr"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(saved)
+        for group, lr in zip(self.optimizer.param_groups, configured):  # train.lr may change on resume
+            group["initial_lr"] = lr
         _set_rng_state(state["rng"], tensors["rng"])
         self.step, self.samples = state["step"], state["data"]["samples"]
 
