@@ -71,7 +71,7 @@ def atomic_path(path):
     suffix = path.suffix or ".tmp"
     with os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path.parent, re.escape(path.name), suffix)
+        remove_stale_temporaries(path.parent, re.escape(path.name))
         fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=suffix, dir=path.parent)
         os.close(fd)
         umask = os.umask(0)
@@ -93,10 +93,10 @@ def temporary_prefix(path):
     return f".{Path(path).name}.{os.getpid()}."
 
 
-def remove_stale_temporaries(folder, name_pattern, suffix=""):
+def remove_stale_temporaries(folder, name_pattern=".+"):
     """Remove, in ``folder``, the temporaries (files or folders) of the outputs whose names match the
-    regular expression ``name_pattern`` that were made by processes no longer running."""
-    pattern = re.compile(rf"\.(?:{name_pattern})\.(\d+)\.{_RANDOM}{re.escape(suffix)}")
+    regular expression ``name_pattern`` (default: any) that were made by processes no longer running."""
+    pattern = re.compile(rf"\.(?:{name_pattern})\.(\d+)\.{_RANDOM}(?:\.\w+)?")
     for entry in Path(folder).iterdir():
         match = pattern.fullmatch(entry.name)
         if match and not _running(int(match.group(1))):

@@ -43,7 +43,7 @@ from ecdp.config import resume_changes
 from ecdp.data import NOISE, BatchOrder, DataWarning, SRDataset, derived_generator, estimate_sigma
 from ecdp.errors import UserError
 from ecdp.features import feature_map
-from ecdp.fileio import atomic_path, check_writable, os_errors
+from ecdp.fileio import atomic_path, check_writable, os_errors, remove_stale_temporaries
 from ecdp.losses import quality_loss, score_matching_loss
 from ecdp.modelfile import ModelConfig, load_model, save_model
 from ecdp.nets import PRESETS, RRDBEncoder, build
@@ -226,8 +226,13 @@ class Trainer:
         return allowed
 
     def _begin(self):
-        """Rank 0, before the first step: remove the damaged checkpoints newer than the resumed one (the
-        run writes them again), record the resume and its changes, and write OUT/config.yaml."""
+        """Rank 0, before the first step: remove the temporaries of killed runs from OUT and the damaged
+        checkpoints newer than the resumed one (the run writes them again), record the resume and its
+        changes, and write OUT/config.yaml."""
+        for folder in (self.out, self.out / CHECKPOINTS, self.out / "model"):
+            if folder.is_dir():
+                with os_errors(folder):
+                    remove_stale_temporaries(folder)
         for folder, reason in self.damaged:
             remove_checkpoint(folder)
             self._record(f"checkpoint {folder} is damaged ({reason}) and was removed; resuming from the intact "
