@@ -38,8 +38,15 @@ def command(images, out):
 
 
 def temporaries(out):
-    """The temporary names (files or folders starting with '.') under ``out``."""
-    return {p for p in Path(out).rglob(".*")}
+    """The temporary names (files or folders starting with '.') in OUT, OUT/checkpoints and OUT/model,
+    read while a run may be removing them."""
+    found = set()
+    for folder in (out, out / "checkpoints", out / "model"):
+        try:
+            found |= {folder / entry.name for entry in os.scandir(folder) if entry.name.startswith(".")}
+        except FileNotFoundError:
+            pass
+    return found
 
 
 def logged_steps(out):
@@ -105,7 +112,7 @@ def check(kills=20, seed=0, work=None):
                  if a[name].keys() != b[name].keys() or not all(torch.equal(a[name][k], b[name][k]) for k in a[name])]
     if losses(work / "straight") != losses(out):
         problems.append(f"log.csv losses differ: {losses(work / 'straight')} vs {losses(out)}")
-    problems += [f"temporary left: {p}" for p in sorted(temporaries(out))]
+    problems += [f"temporary left: {p}" for p in sorted(out.rglob(".*"))]
     return problems
 
 
