@@ -1,7 +1,7 @@
 """Output files: checked before work starts, written atomically, I/O errors as one sentence.
 
-An output is written to a temporary name beside it (``.NAME.PID.RANDOM``), fsynced, renamed onto
-its final name, and its folder fsynced: a crash or an error never leaves a half-written output.
+An output is written into a temporary folder beside it (``.NAME.PID.RANDOM``), fsynced, renamed
+onto its final name, and its folder fsynced: a crash or an error never leaves a half-written output.
 The next write of the same output removes the temporaries that killed processes left behind.
 """
 import contextlib
@@ -64,28 +64,24 @@ def os_reason(error):
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; if the block succeeds, fsync it, rename it onto
-    ``path`` and fsync the folder. The temporary is removed in any case. I/O errors (of the block
-    too) are raised as UserError naming ``path``."""
+    """Yield a temporary path of the same name as ``path``, in a temporary folder beside it (where
+    the writer's own temporaries go too); if the block succeeds, fsync the file, rename it onto
+    ``path`` and fsync the folder. The temporary folder is removed in any case. I/O errors (of the
+    block too) are raised as UserError naming ``path``."""
     path = Path(path)
-    suffix = path.suffix or ".tmp"
     with os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path.parent, re.escape(path.name))
-        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=suffix, dir=path.parent)
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        folder = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), dir=path.parent))
+    tmp = folder / path.name
     try:
         with os_errors(path):
-            yield Path(tmp)
+            yield tmp
             fsync(tmp)
             os.replace(tmp, path)
             fsync(path.parent)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def temporary_prefix(path):

@@ -115,3 +115,17 @@ def test_atomic_write_keeps_the_old_file_when_the_block_fails(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"] and (tmp_path / "out.txt").read_text() == "old"
+
+
+def test_temporaries_of_the_writer_inside_a_killed_write_are_removed(tmp_path):
+    """A writer may make its own temporaries beside the file it writes (safetensors does): they lie in
+    the temporary folder of the write, which the next write removes."""
+    script = ("import os, signal, sys\nfrom pathlib import Path\nfrom ecdp.fileio import atomic_path\n"
+              "with atomic_path(sys.argv[1]) as tmp:\n    (tmp.parent / '.tmpAb12Cd').write_text('half')\n"
+              "    tmp.write_text('half')\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "model.safetensors")])
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".model.safetensors.") and (left / ".tmpAb12Cd").is_file()
+    with atomic_path(tmp_path / "model.safetensors") as tmp:
+        tmp.write_text("whole")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
