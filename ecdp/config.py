@@ -1,10 +1,13 @@
 """Training configuration: nested dataclasses loaded from YAML, with ``--set section.key=value`` overrides.
 
-Every field is documented where it is declared. Values are checked against the field's type;
-an unknown key is a UserError that names it and suggests the closest valid key.
+Every field is documented where it is declared. Each value is checked when it is set, from the
+file or from ``--set``: its type, its range (RANGES) and its choices (CHOICES); an unknown key is
+a UserError that names it and suggests the closest valid key. ``resume_changes`` says which
+changes a resumed run may take (RESUMABLE) and which it refuses.
 """
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +17,7 @@ import yaml
 
 from ecdp.data import AUGMENTS
 from ecdp.errors import UserError
+from ecdp.features import FEATURE_MAPS
 from ecdp.losses import ADJOINT_SOLVERS
 from ecdp.nets import PRESETS
 from ecdp.parametrization import PARAMETRIZATIONS
@@ -25,11 +29,71 @@ CHOICES = {
     "model.preset": tuple(PRESETS),
     "model.param": PARAMETRIZATIONS,
     "data.augment": AUGMENTS,
+    "quality_stage.feature": FEATURE_MAPS,
     "quality_stage.solver": SOLVERS,
     "quality_stage.grid": GRIDS,
     "sample.solver": SOLVERS,
     "sample.grid": GRIDS,
 }
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed numbers: finite, from ``low`` to ``high`` (None: unbounded), each end included unless open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value):
+        return (math.isfinite(value)
+                and (self.low is None or value > self.low or (value == self.low and not self.low_open))
+                and (self.high is None or value < self.high or (value == self.high and not self.high_open)))
+
+    def __str__(self):
+        if self.high is None:
+            return f"{'greater than' if self.low_open else 'at least'} {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, low_open=True)
+_SCHEDULE_RANGES = {
+    "steps": AT_LEAST_1, "minutes": POSITIVE, "batch": AT_LEAST_1, "lr": POSITIVE, "encoder_lr": AT_LEAST_0,
+    "warmup": AT_LEAST_0, "decay_steps": AT_LEAST_0, "ema": Range(0, 1, high_open=True),
+}
+RANGES = {
+    "model.scale": AT_LEAST_1,
+    "model.sigma": POSITIVE,
+    "model.c": AT_LEAST_0,
+    "data.crop": AT_LEAST_1,
+    "data.center_resize": AT_LEAST_1,
+    "data.cache_mb": AT_LEAST_0,
+    "data.workers": AT_LEAST_0,
+    "data.sigma_crops": AT_LEAST_1,
+    **{f"{section}.{name}": allowed for section in ("train", "encoder_stage", "quality_stage")
+       for name, allowed in _SCHEDULE_RANGES.items()},
+    "train.gamma": Range(0, 1, low_open=True),
+    "train.clip": AT_LEAST_0,
+    "train.t_eps": Range(0, 1, low_open=True, high_open=True),
+    "train.checkpoint_every": AT_LEAST_0,
+    "train.keep_checkpoints": AT_LEAST_0,
+    "train.log_every": AT_LEAST_1,
+    "train.seed": Range(0, 2**64, high_open=True),
+    "train.check_sync_every": AT_LEAST_0,
+    "quality_stage.weight": AT_LEAST_0,
+    "quality_stage.ode_steps": AT_LEAST_1,
+    "sample.steps": AT_LEAST_1,
+}
+"""The range of each numeric key (of each item of a list); null stays allowed where the type has it."""
+
+RESUMABLE = ("train.steps", "train.minutes", "train.lr", "train.encoder_lr", "train.warmup", "train.decay_steps",
+             "train.gamma", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+             "train.check_sync_every", "train.amp", "data.workers", "data.cache_mb")
+"""Keys a resumed run may change (with the same names in encoder_stage and quality_stage, and every
+sample.* key): the learning-rate schedule, when to stop, how often to log and checkpoint, how the
+data are loaded, and the sampler stored in the exported model. Every other key changes the model,
+its objective or the data order, and a resumed run refuses a change of it."""
 
 
 @dataclass
@@ -100,9 +164,10 @@ class TrainSection:
     t_eps: float = 1e-5
     """Smallest diffusion time drawn by the score-matching loss."""
     checkpoint_every: int = 1000
-    """Write a checkpoint and the EMA model every this many steps (and at the end)."""
+    """Write a checkpoint and the EMA model every this many steps and at the end (0: at the end only)."""
     keep_checkpoints: int = 2
-    """Number of most recent checkpoints kept in OUT/checkpoints."""
+    """Number of most recent checkpoints kept in OUT/checkpoints (0: all); with 2 or more, a damaged
+    latest checkpoint leaves an intact one to resume from."""
     log_every: int = 10
     """Append the mean loss to OUT/log.csv every this many steps."""
     seed: int = 0
@@ -213,13 +278,32 @@ def load_config(path=None, overrides=()):
 
 
 def set_value(config, key, value, source="--set"):
-    """Set the dotted ``key`` to ``value`` (a string is parsed as the field's type)."""
+    """Set the dotted ``key`` to ``value`` (a string is parsed as the field's type), after checking its
+    type, range and choices; a UserError names the key, the source and what is allowed."""
     section_name, _, name = key.partition(".")
     section = getattr(config, section_name, None) if section_name in _fields(Config) else None
     if section is None or name not in _fields(type(section)):
         raise UserError(f"unknown config key {key!r} in {source}{_suggestion(key)}")
     hint = typing.get_type_hints(type(section))[name]
-    setattr(section, name, _coerce(value, hint, f"{key} (in {source})"))
+    value = _coerce(value, hint, f"{key} (in {source})")
+    _check_value(key, value, source, nullable=isinstance(hint, types.UnionType))
+    setattr(section, name, value)
+
+
+def resume_changes(saved, config, stage):
+    """The changes from ``saved`` (Config.to_dict of a checkpointed run) to ``config`` that matter to
+    ``stage``, as (refused, allowed): lists of 'key old -> new'; allowed are those in RESUMABLE.
+    Keys missing from ``saved`` are taken as unchanged."""
+    sections = ["model", "data", "train", "sample"] + {"encoder": ["encoder_stage"],
+                                                       "quality": ["quality_stage"]}.get(stage, [])
+    current = config.to_dict()
+    refused, allowed = [], []
+    for section in sections:
+        for name, value in current[section].items():
+            old = saved.get(section, {}).get(name, value)
+            if old != value:
+                (allowed if _resumable(section, name) else refused).append(f"{section}.{name} {old!r} -> {value!r}")
+    return refused, allowed
 
 
 def valid_keys():
@@ -227,13 +311,27 @@ def valid_keys():
     return [f"{s.name}.{f.name}" for s in dataclasses.fields(Config) for f in dataclasses.fields(s.default_factory)]
 
 
+def _resumable(section, name):
+    """Whether a resumed run may change ``section.name`` (stage overrides as their train.* key)."""
+    if section == "sample":
+        return True
+    return f"{'train' if section.endswith('_stage') else section}.{name}" in RESUMABLE
+
+
+def _check_value(key, value, source, nullable):
+    """Raise a UserError when ``value`` of ``key`` is outside its choices or its range."""
+    if key in CHOICES and value not in CHOICES[key]:
+        raise UserError(f"{key} is {value!r} in {source}; choose one of {', '.join(CHOICES[key])}.")
+    allowed = RANGES.get(key)
+    for item in (value if isinstance(value, list) else [value]):
+        if allowed is not None and item is not None and item not in allowed:
+            kind = "a finite number " if isinstance(item, float) else ""
+            raise UserError(f"{key} (in {source}) must be {kind}{allowed}{' or null' if nullable else ''}, "
+                            f"got {item!r}.")
+
+
 def _check(config):
-    """Raise a UserError for a value outside its choices or an impossible crop."""
-    for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value not in allowed:
-            raise UserError(f"{key} is {value!r}; choose one of {', '.join(allowed)}.")
+    """Raise a UserError for settings that contradict each other."""
     quality = config.quality_stage
     if quality.adjoint and quality.solver not in ADJOINT_SOLVERS:
         raise UserError(f"quality_stage.solver {quality.solver!r} has no adjoint; choose one of "

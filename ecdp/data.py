@@ -7,7 +7,10 @@ rank its slice of every batch: the data order depends on the seed and the batch 
 number of processes, and resuming needs only the number of samples consumed.
 
 Files are checked once, when the dataset is built: an unreadable one (or one smaller than the
-crop) is skipped with one warning naming it. With the cache on, that check is a full decode.
+crop) is skipped with one warning naming it. With the cache on, that check is a full decode;
+without it, a file that fails to decode later, in training, is skipped the same way: marked in
+memory that every DataLoader worker shares, never read again, and its samples taken from the
+next readable image, so the batches do not depend on which process found it.
 """
 import warnings
 from pathlib import Path
@@ -81,6 +84,7 @@ class SRDataset(torch.utils.data.Dataset):
         self.cache = self._decode_all() if self.pairs and decoded_mb <= cache_mb else None
         if not self.pairs:
             raise UserError(f"no usable training images in {', '.join(map(str, hr))}.")
+        self._unreadable = torch.zeros(len(self.pairs), dtype=torch.bool).share_memory_()
 
     def __len__(self):
         return len(self.pairs)
@@ -92,13 +96,37 @@ class SRDataset(torch.utils.data.Dataset):
 
     def sample(self, index, generator):
         """A random crop of image ``index`` and its LR image, drawn from ``generator``."""
-        hr, lr = self.cache[index] if self.cache is not None else self._load(self.pairs[index])
+        hr, lr = self.cache[index] if self.cache is not None else self._readable(index)
         if lr is None:
             (x,) = _augment([_random_crop(hr, self.crop, generator)], self.augment, generator)
             x = to_float(x)
             return quantize(downscale(x, self.scale)), x
         x, y = _augment(_random_crop_pair(hr, lr, self.crop, self.scale, generator), self.augment, generator)
         return to_float(y), to_float(x)
+
+    def unreadable(self):
+        """The HR paths (str) of the pairs found unreadable in training so far, by any worker."""
+        return [str(self.pairs[i][0]) for i in self._unreadable.nonzero().flatten().tolist()]
+
+    def mark_unreadable(self, paths):
+        """Skip the pairs of these HR paths without reading them (``unreadable()`` of an earlier run)."""
+        paths = set(map(str, paths))
+        for i, (hr_path, _) in enumerate(self.pairs):
+            self._unreadable[i] |= str(hr_path) in paths
+
+    def _readable(self, index):
+        """The decoded pair ``index``, or the next readable one when it cannot be read; a pair that
+        fails is warned about and marked, and never read again."""
+        for offset in range(len(self.pairs)):
+            i = (index + offset) % len(self.pairs)
+            if self._unreadable[i]:
+                continue
+            try:
+                return self._load(self.pairs[i])
+            except UserError as e:
+                self._unreadable[i] = True
+                _warn_skipped(self.pairs[i], e)
+        raise UserError("none of the training images can be read any more.")
 
     def _inspect(self, pair):
         """The (width, height) of each file of ``pair``, or None (with a warning) when it is unusable."""
@@ -122,7 +150,7 @@ class SRDataset(torch.utils.data.Dataset):
                 decoded.append(self._load(pair))
                 usable.append(pair)
             except UserError as e:
-                warnings.warn(f"skipping training image {pair[0]}: {e}", DataWarning)
+                _warn_skipped(pair, e)
         self.pairs = usable
         return decoded
 
@@ -201,6 +229,11 @@ def _checked_size(path):
         size = img.size
         img.verify()
     return size
+
+
+def _warn_skipped(pair, error):
+    """One warning that the pair of the HR file pair[0] is skipped, for the UserError ``error``."""
+    warnings.warn(f"skipping training image {pair[0]}: {str(error).removeprefix(f'{pair[0]}: ')}", DataWarning)
 
 
 def _pair(hr_folders, lr_folders, scale):

@@ -6,23 +6,25 @@
   started from ``train.init``. Both write the EMA model to ``OUT/model`` (an ``ecdp`` model folder).
 
 Adam with a learning rate per module (denoiser, encoder), linear warm-up and step decay (a pure
-function of the step), gradient value clipping, EMA weights. A checkpoint (``OUT/checkpoints/step-N``)
-holds safetensors (weights, EMA, flattened Adam state, torch RNG states) and ``state.json``; all
-other randomness is derived from (seed, step, rank) and (seed, epoch, index), so a resumed run
-continues exactly. Under ``torchrun`` the loss module runs in DistributedDataParallel and rank 0
-alone writes files.
+function of the step), gradient value clipping, EMA weights. A checkpoint (``OUT/checkpoints/step-N``,
+see ecdp.checkpoints) holds the weights, EMA, optimizer and torch RNG states; all other randomness
+is derived from (seed, step, rank) and (seed, epoch, index), so a resumed run continues exactly.
+Under ``torchrun`` the loss module runs in DistributedDataParallel and rank 0 alone writes files.
+
+Nothing is lost or half written: OUT is checked before any work; a resumed run starts from the
+newest intact checkpoint and refuses config changes that would alter the model or the data order
+(ecdp.config.resume_changes); a non-finite loss or weight stops the run before it is saved; events
+(resumes, their changes, damaged checkpoints, skipped images) are appended to ``OUT/train.log``.
 """
 import copy
 import csv
-import json
 import os
 import random
-import re
-import shutil
-import tempfile
+import sys
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +37,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ecdp.checkpoints import (CHECKPOINTS, latest_checkpoint, remove_checkpoint, resume_point,
+                              save_checkpoint)
+from ecdp.config import resume_changes
 from ecdp.data import NOISE, BatchOrder, DataWarning, SRDataset, derived_generator, estimate_sigma
 from ecdp.errors import UserError
 from ecdp.features import feature_map
-from ecdp.fileio import atomic_path
+from ecdp.fileio import atomic_path, check_writable, os_errors, remove_stale_temporaries
 from ecdp.losses import quality_loss, score_matching_loss
 from ecdp.modelfile import ModelConfig, load_model, save_model
 from ecdp.nets import PRESETS, RRDBEncoder, build
 from ecdp.resize import upscale
 
 ENCODER_FILE = "encoder.safetensors"
-CHECKPOINTS = "checkpoints"
 LOG = "log.csv"
-STATE = "state.json"
-TENSOR_FILES = ("model", "ema", "optimizer", "rng")
+EVENTS = "train.log"
+MIN_SIGMA = 1e-4
+"""Smallest estimated sigma: the 8-bit rounding of the LR images alone gives about 1e-3; below, z = (x - mu) / sigma
+would be float rounding noise blown up."""
 
 
 @dataclass
@@ -149,13 +155,17 @@ class Trainer:
     def __init__(self, config, stage, out, process, resume):
         self.config, self.stage, self.out, self.process = config, stage, out, process
         self.settings = config.stage_settings(stage)
-        checkpoint = latest_checkpoint(out)
-        if checkpoint and not resume:
+        check_writable(out, folder=True)
+        if latest_checkpoint(out) and not resume:
             raise UserError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out.")
-        state = json.loads((checkpoint / STATE).read_text()) if checkpoint else None
+        checkpoint, state, tensors, self.damaged = (resume_point(out) if resume else None) or (None, None, None, [])
         if state and state["stage"] != stage:
             raise UserError(f"{checkpoint} is from the {state['stage']} stage, not the {stage} stage.")
+        self.changes = self._resume_changes(checkpoint, state)
         self.dataset = _dataset(config)
+        if state:
+            self.dataset.mark_unreadable(state["data"].get("unreadable", []))
+        self.reported = set(self.dataset.unreadable())
         torch.manual_seed(self.settings.seed)
         self.objective, self.sigma = self._build(state)
         self.objective.to(process.device)
@@ -163,8 +173,9 @@ class Trainer:
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self._param_groups())
         self.step = self.samples = 0
+        self.checkpoint = checkpoint
         if checkpoint:
-            self._load(checkpoint, state)
+            self._load(state, tensors)
         self.wrapped = self.objective
         if process.world > 1:
             if not _same_everywhere(torch.tensor([self.step], device=process.device)):
@@ -176,28 +187,85 @@ class Trainer:
     def run(self):
         """Train up to settings.steps, checkpointing, logging and exporting on rank 0."""
         if self.process.is_main:
-            self._write_config()
+            self._begin()
         batches = iter(self._loader())
         log = _Log(self.out / LOG, self.step, self.process)
-        bar = tqdm(total=self.settings.steps, initial=self.step, desc=self.stage, disable=not self.process.is_main,
-                   dynamic_ncols=True)
         deadline = time.monotonic() + 60 * self.settings.minutes if self.settings.minutes else None
         last = self.step >= self.settings.steps
-        while not last:
-            loss = self._train_step(next(batches))
-            self.step += 1
-            self.samples += self.settings.batch
-            last = self.step >= self.settings.steps or (self._due(self.settings.log_every)
-                                                        and self._time_is_up(deadline))
-            bar.update()
-            log.add(loss)
-            if self._due(self.settings.log_every) or last:
-                bar.set_postfix(loss=f"{log.write(self.step, self._lr()):.4g}")
-            if self.process.world > 1 and self._due(self.settings.check_sync_every):
-                check_sync(self.net, self.step)
-            if self._due(self.settings.checkpoint_every) or last:
-                self._checkpoint()
-        bar.close()
+        self.bad_step = torch.zeros((), dtype=torch.long, device=self.process.device)
+        with tqdm(total=self.settings.steps, initial=self.step, desc=self.stage, disable=not self.process.is_main,
+                  dynamic_ncols=True) as bar:
+            while not last:
+                loss = self._train_step(next(batches))
+                self.step += 1
+                self.samples += self.settings.batch
+                self.bad_step = torch.where((self.bad_step == 0) & ~loss.isfinite(), self.step, self.bad_step)
+                last = self.step >= self.settings.steps or (self._due(self.settings.log_every)
+                                                            and self._time_is_up(deadline))
+                bar.update()
+                log.add(loss)
+                save = self._due(self.settings.checkpoint_every) or last
+                if self._due(self.settings.log_every) or save:
+                    self._stop_if_diverged(weights=save)
+                if self._due(self.settings.log_every) or last:
+                    bar.set_postfix(loss=f"{log.write(self.step, self._lr()):.4g}")
+                if self.process.world > 1 and self._due(self.settings.check_sync_every):
+                    check_sync(self.net, self.step)
+                if save:
+                    self._checkpoint()
+
+    def _resume_changes(self, checkpoint, state):
+        """The allowed config changes since ``checkpoint`` ('key old -> new'); a UserError lists the
+        changes that a resumed run refuses."""
+        if state is None:
+            return []
+        refused, allowed = resume_changes(state["config"], self.config, self.stage)
+        if refused:
+            raise UserError(f"--resume cannot change {', '.join(refused)}, since that changes the model or the data "
+                            f"order of {checkpoint}; set them back, or train into another --out.")
+        return allowed
+
+    def _begin(self):
+        """Rank 0, before the first step: remove the temporaries of killed runs from OUT and the damaged
+        checkpoints newer than the resumed one (the run writes them again), record the resume and its
+        changes, and write OUT/config.yaml."""
+        for folder in (self.out, self.out / CHECKPOINTS, self.out / "model"):
+            if folder.is_dir():
+                with os_errors(folder):
+                    remove_stale_temporaries(folder)
+        for folder, reason in self.damaged:
+            remove_checkpoint(folder)
+            self._record(f"checkpoint {folder} is damaged ({reason}) and was removed; resuming from the intact "
+                         f"{self.checkpoint.name}.")
+        if self.checkpoint:
+            changed = f", with {', '.join(self.changes)}" if self.changes else ""
+            self._record(f"resumed from {self.checkpoint.name} at step {self.step}{changed}.", show=bool(changed))
+        self._write_config()
+
+    def _record(self, message, show=True):
+        """Append ``message`` to OUT/train.log (rank 0), and print it unless not ``show``."""
+        if show:
+            tqdm.write(f"ecdp train: {message}", file=sys.stderr)
+        path = self.out / EVENTS
+        with os_errors(path), open(path, "a") as f:
+            f.write(f"{datetime.now().isoformat(timespec='seconds')} step {self.step}: {message}\n")
+
+    def _stop_if_diverged(self, weights):
+        """Raise a UserError (on every process) when a loss since the start, or with ``weights`` a weight of
+        the network or its EMA, is not finite: nothing of it is saved."""
+        first = self.bad_step.clone()
+        if self.process.world > 1:
+            never = torch.iinfo(first.dtype).max
+            first = torch.where(first > 0, first, never)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            first = torch.where(first == never, 0, first)
+        step = int(first)
+        if not step and weights and not all(p.isfinite().all() for m in (self.net, self.ema) for p in m.parameters()):
+            step = self.step
+        if step:
+            kept = f"{self.checkpoint} is the last good checkpoint" if self.checkpoint else "no checkpoint was written"
+            raise UserError(f"training diverged at step {step} (the loss or the weights became nan or inf) and "
+                            f"stopped without saving; {kept} (lower train.lr, or check the data and model.sigma).")
 
     def _time_is_up(self, deadline):
         """Whether the stage's time limit has passed, in rank 0's clock (every process stops together)."""
@@ -274,7 +342,13 @@ class Trainer:
         if sigma is not None and init_sigma is not None and sigma != init_sigma:
             raise UserError(f"model.sigma is {sigma} but train.init has sigma {init_sigma}; leave it null.")
         if sigma is None:
-            sigma = init_sigma or estimate_sigma(self.dataset, self.config.data.sigma_crops, self.settings.seed)
+            sigma = init_sigma
+        if sigma is None:
+            sigma = estimate_sigma(self.dataset, self.config.data.sigma_crops, self.settings.seed)
+            if sigma < MIN_SIGMA:
+                raise UserError(f"model.sigma estimated from {self.config.data.sigma_crops} training crops is "
+                                f"{sigma:.3g}, below {MIN_SIGMA}: the images have no detail beyond their bicubic "
+                                "upscaling; train on other images.")
         return float(sigma)
 
     def _param_groups(self):
@@ -296,12 +370,17 @@ class Trainer:
 
     def _checkpoint(self):
         if self.process.is_main:
-            save_checkpoint(self.out / CHECKPOINTS, self._state(), self._tensors(), self.settings.keep_checkpoints)
+            unreadable = self.dataset.unreadable()
+            for path in sorted(set(unreadable) - self.reported):
+                self._record(f"skipped the unreadable training image {path}.", show=False)
+            self.reported.update(unreadable)
+            self.checkpoint = save_checkpoint(self.out / CHECKPOINTS, self._state(unreadable), self._tensors(),
+                                              self.settings.keep_checkpoints)
             self._export()
 
-    def _state(self):
+    def _state(self, unreadable):
         return {"stage": self.stage, "step": self.step, "sigma": self.sigma, "world": self.process.world,
-                "data": {"samples": self.samples},
+                "data": {"samples": self.samples, "unreadable": unreadable},
                 "optimizer": _optimizer_meta(self.optimizer), "rng": _python_rng_state(),
                 "config": self.config.to_dict()}
 
@@ -309,12 +388,14 @@ class Trainer:
         return {"model": self.net.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": _optimizer_tensors(self.optimizer), "rng": _torch_rng_state()}
 
-    def _load(self, checkpoint, state):
-        tensors = {name: load_file(str(checkpoint / f"{name}.safetensors")) for name in TENSOR_FILES}
+    def _load(self, state, tensors):
         self.net.load_state_dict(tensors["model"])
         self.ema.load_state_dict(tensors["ema"])
         saved = _optimizer_state_dict(tensors["optimizer"], state["optimizer"], self.optimizer)
+        configured = [group["initial_lr"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(saved)
+        for group, lr in zip(self.optimizer.param_groups, configured):  # train.lr may change on resume
+            group["initial_lr"] = lr
         _set_rng_state(state["rng"], tensors["rng"])
         self.step, self.samples = state["step"], state["data"]["samples"]
 
@@ -391,32 +472,6 @@ def read_encoder(path, encoder):
     return state
 
 
-def latest_checkpoint(out):
-    """The checkpoint folder of the highest step in ``out``, or None."""
-    folders = [p for p in (Path(out) / CHECKPOINTS).glob("step-*") if re.fullmatch(r"step-\d+", p.name)]
-    folders = [p for p in folders if (p / STATE).is_file()]
-    return max(folders, key=lambda p: int(p.name[5:]), default=None)
-
-
-def save_checkpoint(folder, state, tensors, keep):
-    """Write ``step-N`` atomically (a temporary folder renamed), then keep only the last ``keep``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{state['step']:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder))
-    try:
-        for name, group in tensors.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
-        (tmp / STATE).write_text(json.dumps(state, indent=1) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    steps = sorted(p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+", p.name))
-    for old in steps[:-keep] if keep > 0 else []:
-        shutil.rmtree(old)
-
-
 def _optimizer_tensors(optimizer):
     """The tensors of the optimizer state, flattened to ``state.{param_index}.{name}``."""
     state = optimizer.state_dict()["state"]
@@ -488,15 +543,18 @@ class _Log:
         last_step, last_time = self.since
         rate = (step - last_step) / max(time.perf_counter() - last_time, 1e-9)
         if self.process.is_main:
-            with open(self.path, "a", newline="") as f:
+            with os_errors(self.path), open(self.path, "a", newline="") as f:
                 csv.writer(f).writerow([step, f"{mean:.6g}", f"{lr:.6g}", f"{rate:.4g}"])
         self.total, self.count, self.since = 0.0, 0, (step, time.perf_counter())
         return mean
 
 
 def _truncate_log(path, step):
-    """Start OUT/log.csv, or keep only its rows up to ``step`` (those after a resumed checkpoint go)."""
-    rows = list(csv.reader(path.open())) if path.is_file() else []
-    rows = [["step", "loss", "lr", "it/s"]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    """Start OUT/log.csv, or keep only its whole rows up to ``step`` (those after a resumed checkpoint,
+    and a row cut short by a killed process, go)."""
+    with os_errors(path):
+        rows = list(csv.reader(path.open())) if path.is_file() else []
+    header = ["step", "loss", "lr", "it/s"]
+    rows = [header] + [r for r in rows[1:] if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= step]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(rows)

@@ -10,6 +10,7 @@ import sys
 from ecdp import console
 from ecdp.choices import EVALS_PER_STEP, GRIDS, ONNX_GRAPHS
 from ecdp.errors import UserError
+from ecdp.fileio import check_writable
 
 EXPORT_EXTRA = ("onnx", "onnxscript", "onnxruntime")
 
@@ -31,6 +32,7 @@ def main(argv=None):
 
 
 def _run(args):
+    check_writable(args.output)
     if args.graph != "full" and not args.onnx:
         raise UserError("--graph step is only for --onnx; engines and AOTInductor packages hold the full solve.")
     if args.onnx or args.trt:

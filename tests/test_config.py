@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ecdp.config import Config, load_config, valid_keys
+from ecdp.config import Config, load_config, resume_changes, valid_keys
 from ecdp.errors import UserError
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -76,3 +76,55 @@ def test_shipped_configs_load_and_list_every_key(path):
 
 def test_shipped_configs_exist():
     assert {p.name for p in CONFIGS} >= {"tiny.yaml", "div2k_x4.yaml", "celeba_x8.yaml", "imagenet_64_256.yaml"}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train.steps=0", r"train.steps \(in --set\) must be at least 1, got 0\."),
+    ("train.steps=-5", r"train.steps \(in --set\) must be at least 1, got -5\."),
+    ("train.batch=0", r"train.batch \(in --set\) must be at least 1, got 0\."),
+    ("data.workers=-1", r"data.workers \(in --set\) must be at least 0, got -1\."),
+    ("data.sigma_crops=0", r"data.sigma_crops \(in --set\) must be at least 1, got 0\."),
+    ("train.lr=-1", r"train.lr \(in --set\) must be a finite number greater than 0, got -1.0\."),
+    ("train.lr=nan", r"train.lr \(in --set\) must be a finite number greater than 0, got nan\."),
+    ("train.warmup=-3", r"train.warmup \(in --set\) must be at least 0, got -3\."),
+    ("train.ema=2", r"train.ema \(in --set\) must be a finite number in \[0, 1\), got 2.0\."),
+    ("model.sigma=-1", r"model.sigma \(in --set\) must be a finite number greater than 0 or null, got -1.0\."),
+    ("model.sigma=0", r"model.sigma \(in --set\) must be a finite number greater than 0 or null, got 0.0\."),
+    # more of each kind: infinities, list items, stage overrides, seeds, choices
+    ("train.minutes=inf", r"train.minutes \(in --set\) must be a finite number greater than 0 or null, got inf\."),
+    ("train.decay_steps=[10, -1]", r"train.decay_steps \(in --set\) must be at least 0, got -1\."),
+    ("quality_stage.batch=0", r"quality_stage.batch \(in --set\) must be at least 1 or null, got 0\."),
+    ("train.seed=-1", r"train.seed \(in --set\) must be in \[0, "),
+    ("train.t_eps=0", r"train.t_eps \(in --set\) must be a finite number in \(0, 1\), got 0.0\."),
+    ("quality_stage.feature=lpips", r"quality_stage.feature is 'lpips' in --set; choose one of pixel, vgg19\."),
+])
+def test_out_of_range_values_are_named_with_their_range(item, message):
+    with pytest.raises(UserError, match=f"^{message}"):
+        load_config(None, [item])
+
+
+def test_yaml_values_are_range_checked_naming_the_file(tmp_path):
+    with pytest.raises(UserError, match=r"^train.ema \(in .*config.yaml\) must be a finite number in \[0, 1\)"):
+        load_config(write(tmp_path, "train:\n  ema: 1.0\n"))
+    with pytest.raises(UserError, match=r"^model.c \(in .*config.yaml\) must be a finite number at least 0"):
+        load_config(write(tmp_path, "model:\n  c: .nan\n"))
+
+
+def test_edges_of_the_ranges_are_allowed():
+    config = load_config(None, ["train.ema=0", "train.warmup=0", "data.workers=0", "train.steps=1", "model.c=0",
+                                "train.gamma=1", "model.sigma=null", "train.checkpoint_every=0"])
+    assert (config.train.ema, config.train.steps, config.model.sigma) == (0.0, 1, None)
+
+
+def test_resume_changes_split_schedule_from_model_and_data():
+    saved = load_config(None, ["train.steps=4"]).to_dict()
+    refused, allowed = resume_changes(saved, load_config(None, [
+        "train.steps=8", "train.lr=2e-4", "data.workers=0", "sample.steps=4", "model.scale=2", "data.crop=32",
+        "train.batch=4", "model.param=eps", "quality_stage.steps=9"]), "score")
+    assert refused == ["model.scale 4 -> 2", "model.param 'hybrid' -> 'eps'", "data.crop 64 -> 32",
+                       "train.batch 8 -> 4"]
+    assert allowed == ["data.workers 2 -> 0", "train.steps 4 -> 8", "train.lr 0.0001 -> 0.0002", "sample.steps 10 -> 4"]
+    refused, allowed = resume_changes(saved, load_config(None, ["train.steps=4", "quality_stage.steps=9",
+                                                              "quality_stage.weight=1"]),
+                                      "quality")
+    assert refused == ["quality_stage.weight 0.5 -> 1.0"] and allowed == ["quality_stage.steps None -> 9"]

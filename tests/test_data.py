@@ -176,3 +176,68 @@ def test_derived_generators_differ_by_key():
     draw = [torch.rand(2, generator=derived_generator(*k)) for k in [(1, 2, 3), (1, 2, 3), (1, 3, 2), (1, 2)]]
     assert torch.equal(draw[0], draw[1])
     assert not torch.equal(draw[0], draw[2]) and not torch.equal(draw[0], draw[3])
+
+
+def truncated_jpeg(folder, name="cut.jpg", seed=5):
+    """A JPEG cut to half its bytes: its header (and PIL's check) is fine, decoding it fails."""
+    write_images(folder, [(64, 64)], seed=seed)
+    png = folder / "img0.png"
+    path = folder / name
+    Image.open(png).save(path, quality=90)
+    png.unlink()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def epoch_batches(ds, workers, epochs=2):
+    order = BatchOrder(len(ds), 2, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=order, num_workers=workers)
+    return [b for _, b in zip(range(epochs * len(ds) // 2), loader)]
+
+
+def test_image_unreadable_in_training_is_skipped_once_and_never_read_again(folder, monkeypatch):
+    bad = truncated_jpeg(folder / "bad")
+    ds = dataset([folder], cache_mb=0)
+    assert len(ds) == 4 and ds.unreadable() == []
+    reads = []
+    original = SRDataset._load
+    monkeypatch.setattr(SRDataset, "_load", lambda self, pair: reads.append(pair[0]) or original(self, pair))
+    with pytest.warns(DataWarning, match=r"skipping training image .*cut.jpg: .*not a readable image") as caught:
+        batches = epoch_batches(ds, workers=0, epochs=3)
+    assert len([w for w in caught if "cut.jpg" in str(w.message)]) == 1
+    assert reads.count(bad) == 1 and ds.unreadable() == [str(bad)]
+    assert all(x.shape == (2, 3, 32, 32) and torch.isfinite(x).all() for _, x in batches)
+
+
+def test_unreadable_image_is_shared_by_workers_and_gives_the_same_batches(folder):
+    bad = truncated_jpeg(folder / "bad")
+    alone, with_workers = dataset([folder], cache_mb=0), dataset([folder], cache_mb=0)
+    with pytest.warns(DataWarning, match="cut.jpg"):
+        reference = epoch_batches(alone, workers=0)
+    batches = epoch_batches(with_workers, workers=2)
+    assert with_workers.unreadable() == [str(bad)]
+    for (y0, x0), (y2, x2) in zip(reference, batches):
+        assert torch.equal(y0, y2) and torch.equal(x0, x2)
+
+
+def test_image_removed_after_the_start_is_skipped(folder):
+    ds = dataset([folder], cache_mb=0)
+    (folder / "img1.png").unlink()
+    with pytest.warns(DataWarning, match=r"skipping training image .*img1.png: .*no such file"):
+        batches = epoch_batches(ds, workers=0)
+    assert len(batches) == 3 and ds.unreadable() == [str(folder / "img1.png")]
+
+
+def test_marked_images_are_not_read_and_give_the_same_batches(folder, monkeypatch):
+    bad = truncated_jpeg(folder / "bad")
+    first = dataset([folder], cache_mb=0)
+    with pytest.warns(DataWarning, match="cut.jpg"):
+        reference = epoch_batches(first, workers=0)
+    resumed = dataset([folder], cache_mb=0)
+    resumed.mark_unreadable(first.unreadable())
+    reads = []
+    original = SRDataset._load
+    monkeypatch.setattr(SRDataset, "_load", lambda self, pair: reads.append(pair[0]) or original(self, pair))
+    for (y0, x0), (y1, x1) in zip(reference, epoch_batches(resumed, workers=0)):
+        assert torch.equal(y0, y1) and torch.equal(x0, x1)
+    assert bad not in reads and resumed.unreadable() == [str(bad)]

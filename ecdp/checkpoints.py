@@ -1,0 +1,140 @@
+"""Training checkpoints: ``OUT/checkpoints/step-N`` folders, written atomically, verified when read.
+
+A checkpoint holds safetensors files (weights, EMA, flattened Adam state, torch RNG states) and
+``state.json``, written last, which lists the SHA-256 of each of them. The folder is built under a
+temporary name and renamed when complete; old checkpoints are renamed away before they are
+deleted, so a killed process never leaves a half checkpoint under a ``step-N`` name. A checkpoint
+whose state.json cannot be read or whose files do not match their checksums is damaged: resuming
+takes the newest intact one and names the damaged ones.
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from ecdp.errors import UserError
+from ecdp.fileio import fsync, os_errors, os_reason, remove_stale_temporaries, temporary_prefix
+
+CHECKPOINTS = "checkpoints"
+STATE = "state.json"
+TENSOR_FILES = ("model", "ema", "optimizer", "rng")
+_NAME = r"step-\d+"
+
+
+def checkpoint_folders(out):
+    """The ``step-N`` folders in ``out``/checkpoints, oldest first."""
+    return _steps(Path(out) / CHECKPOINTS)
+
+
+def latest_checkpoint(out):
+    """The checkpoint folder of the highest step in ``out`` (intact or not), or None."""
+    folders = checkpoint_folders(out)
+    return folders[-1] if folders else None
+
+
+def save_checkpoint(folder, state, tensors, keep):
+    """Write ``folder/step-N`` (N = state["step"]) from the JSON-able ``state`` and the groups of
+    tensors ``tensors`` ({file name: {key: tensor}}), fsynced and renamed into place, then keep
+    only the last ``keep`` checkpoints (0: all). Returns the folder written. I/O errors are
+    UserErrors naming it."""
+    folder = Path(folder)
+    final = folder / f"step-{state['step']:08d}"
+    with os_errors(final):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder, _NAME)
+        tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(final), dir=folder))
+        try:
+            files = {}
+            for name, group in tensors.items():
+                data = save({k: v.detach().contiguous().cpu() for k, v in group.items()})
+                files[f"{name}.safetensors"] = _write(tmp / f"{name}.safetensors", data)
+            _write(tmp / STATE, (json.dumps({**state, "files": files}, indent=1) + "\n").encode())
+            fsync(tmp)
+            if final.exists():
+                _remove(final)
+            os.replace(tmp, final)
+            fsync(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in _steps(folder)[:-keep] if keep > 0 else []:
+            _remove(old)
+    return final
+
+
+def read_checkpoint(path):
+    """(state, {file name: {key: tensor}}) of the checkpoint folder ``path``, after checking every file
+    against the checksums in its state.json. Raises UserError saying how the checkpoint is damaged."""
+    path = Path(path)
+    try:
+        state = json.loads((path / STATE).read_bytes())
+    except (OSError, ValueError) as e:
+        raise UserError(f"its {STATE} cannot be read ({os_reason(e) or e})") from None
+    if not isinstance(state, dict) or not {"step", "config"} <= state.keys():
+        raise UserError(f"its {STATE} is incomplete")
+    checksums = state.get("files")  # absent in checkpoints of earlier versions
+    tensors = {}
+    for name in TENSOR_FILES:
+        file = path / f"{name}.safetensors"
+        try:
+            data = file.read_bytes()
+        except OSError as e:
+            raise UserError(f"{file.name} cannot be read ({os_reason(e)})") from None
+        if checksums is not None and _sha256(data) != checksums.get(file.name):
+            raise UserError(f"{file.name} does not match its checksum (cut short or altered)")
+        try:
+            tensors[name] = load(data)
+        except SafetensorError as e:
+            raise UserError(f"{file.name} is not a valid safetensors file ({e})") from None
+    return state, tensors
+
+
+def resume_point(out):
+    """(folder, state, tensors, damaged) of the newest intact checkpoint in ``out``, where damaged lists
+    (folder, reason) for each newer one; None when ``out`` holds no checkpoint. Raises UserError
+    when none is intact."""
+    damaged = []
+    for folder in reversed(checkpoint_folders(out)):
+        try:
+            return (folder, *read_checkpoint(folder), damaged)
+        except UserError as e:
+            damaged.append((folder, str(e)))
+    if damaged:
+        reasons = "; ".join(f"{folder.name}: {reason}" for folder, reason in damaged)
+        raise UserError(f"no intact checkpoint in {Path(out) / CHECKPOINTS} to resume from ({reasons}).")
+    return None
+
+
+def remove_checkpoint(path):
+    """Delete a checkpoint folder: renamed to a temporary name first, so it never lies half deleted."""
+    with os_errors(path):
+        _remove(Path(path))
+
+
+def _steps(folder):
+    found = [p for p in folder.iterdir() if re.fullmatch(_NAME, p.name) and p.is_dir()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def _remove(path):
+    trash = tempfile.mkdtemp(prefix=temporary_prefix(path), dir=path.parent)
+    os.replace(path, trash)
+    shutil.rmtree(trash)
+
+
+def _write(path, data):
+    """Write the bytes ``data`` to a new file and fsync it; return their SHA-256."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return _sha256(data)
+
+
+def _sha256(data):
+    return hashlib.sha256(data).hexdigest()
