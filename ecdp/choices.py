@@ -16,6 +16,9 @@ GRIDS = ("uniform", "logsnr")
 PARAMETRIZATIONS = ("hybrid", "eps", "x0")
 """Noise estimates of eq. 14, 15 and 18."""
 
+STAGES = ("encoder", "score", "quality")
+"""Training stages: the L1 encoder regressor, score matching (eq. 16), and the quality loss (eq. 19)."""
+
 ENGINES = ("fast", "reference")
 """How a solve runs: "fast" (conditioning cache; bf16 and CUDA graphs on a GPU) or "reference"
 (the plain method)."""

@@ -15,16 +15,13 @@ from pathlib import Path
 
 import yaml
 
+from ecdp.choices import GRIDS, PARAMETRIZATIONS, SOLVERS, STAGES
 from ecdp.data import AUGMENTS
 from ecdp.errors import UserError
 from ecdp.features import FEATURE_MAPS
 from ecdp.losses import ADJOINT_SOLVERS
 from ecdp.nets import PRESETS
-from ecdp.parametrization import PARAMETRIZATIONS
-from ecdp.sampling import SOLVERS
 
-STAGES = ("encoder", "score", "quality")
-GRIDS = ("uniform", "logsnr")
 CHOICES = {
     "model.preset": tuple(PRESETS),
     "model.param": PARAMETRIZATIONS,

@@ -196,7 +196,7 @@ def write_image(path, rgb, alpha, info, quality=QUALITY):
         raise UserError(f"{path}: cannot be written as {fmt} ({_reason(e)})") from None
 
 
-def check_writable(path, info, has_alpha, quality=QUALITY):
+def check_encodable(path, info, has_alpha, quality=QUALITY):
     """Raise the UserError write_image would raise for an image of this kind, by encoding a 2x2 one in memory."""
     fmt = save_format(path)
     probe = to_array(torch.zeros(3, 2, 2), torch.zeros(1, 2, 2) if has_alpha else None, info)

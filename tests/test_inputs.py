@@ -182,7 +182,7 @@ def test_output_folder_that_cannot_be_made_is_refused_first(model, tmp_path, cap
     Image.fromarray(random_uint8((8, 8, 3))).save(tmp_path / "in.png")
     (tmp_path / "file").write_text("")
     assert upscale(model, tmp_path / "in.png", "-o", tmp_path / "file" / "sub" / "out.png") == 1
-    assert "cannot be an output folder" in one_line(capsys)
+    assert "is a file, not a folder" in one_line(capsys)
 
 
 def test_lossless_and_lossy_inputs_keep_their_nature(model, tmp_path):

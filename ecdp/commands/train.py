@@ -3,8 +3,7 @@
 Single process: ``ecdp train --config configs/div2k_x4.yaml --data DIV2K_HR --out runs/x4``;
 several: ``torchrun --nproc-per-node N -m ecdp train ...`` (DistributedDataParallel).
 """
-from ecdp.config import STAGES, load_config
-from ecdp.train import train
+from ecdp.choices import STAGES
 
 
 def add_parser(subparsers):
@@ -29,6 +28,9 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from ecdp.config import load_config
+    from ecdp.train import train
+
     seed = [f"train.seed={args.seed}"] if args.seed is not None else []
     config = load_config(args.config, [*args.set, *seed])
     config.data.hr = args.data or config.data.hr

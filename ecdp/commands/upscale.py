@@ -77,10 +77,10 @@ def upscale_file(upscaler, src, dst, *, max_pixels=MAX_PIXELS, quality=QUALITY, 
 
     progress: as for ``Upscaler.sample`` (the solver steps of this one image), or None.
     """
-    from ecdp.images import check_writable, read_image, write_image
+    from ecdp.images import check_encodable, read_image, write_image
 
     rgb, alpha, info = read_image(src, max_pixels)
-    check_writable(dst, info, alpha is not None, quality)
+    check_encodable(dst, info, alpha is not None, quality)
     try:
         sr = upscaler.sample(rgb[None], progress)[0].cpu()
     except UserError as e:
@@ -94,6 +94,7 @@ def plan_outputs(inputs, out):
     Checked before anything runs: the format of an output file, that OUT is not a file when it
     names a folder, that its folder can be created and written, and that no input is overwritten.
     """
+    from ecdp.fileio import check_writable
     from ecdp.images import output_suffix, save_format
 
     if len(inputs) == 1 and not _names_folder(out):
@@ -104,24 +105,13 @@ def plan_outputs(inputs, out):
     else:
         paths = [Path(out) / (Path(src).stem + output_suffix(src)) for src in inputs]
     for folder in {path.parent for path in paths}:
-        _check_folder(folder)
+        check_writable(folder, folder=True)
     _check_distinct(inputs, paths)
     return paths
 
 
 def _names_folder(out):
     return Path(out).is_dir() or out.endswith(("/", os.sep)) or not Path(out).suffix
-
-
-def _check_folder(folder):
-    """Refuse an output folder that cannot be created or written: its nearest existing ancestor decides."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{folder}: cannot be an output folder, {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{folder}: cannot be written (no write permission on {existing})")
 
 
 def _check_distinct(inputs, paths):
