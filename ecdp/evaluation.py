@@ -1,4 +1,4 @@
-"""Scoring super-resolved images against their HR originals and the bicubic baseline (DESIGN section 3).
+"""Scoring super-resolved images against their HR originals and the bicubic baseline (docs/design.md section 3).
 
 The HR image is mod-cropped to the scale and degraded by the project's bicubic ``downscale``; the LR
 image, the SR output and the bicubic baseline are quantized to 8 bits before scoring.

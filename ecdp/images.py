@@ -1,4 +1,4 @@
-"""Image files and in-memory images: any common mode in, the same mode, depth and sample type out (DESIGN section 3).
+"""Image files and in-memory images: any common mode in, the same mode, depth and sample type out (docs/design.md section 3).
 
 The model sees RGB in [0, 1]. Grayscale is replicated to RGB and written back as the mean of the
 three channels; alpha is kept aside, upscaled with the bicubic ``upscale`` and re-attached.

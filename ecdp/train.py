@@ -1,4 +1,4 @@
-"""The trainer: encoder, score and quality stages (DESIGN section 2), on one or several processes.
+"""The trainer: encoder, score and quality stages (docs/design.md section 2), on one or several processes.
 
 - ``encoder``: L1 regression of x by mu(y) + head(encoder(y)); the head is dropped and the EMA
   encoder is written to ``OUT/encoder.safetensors`` (``train.init_encoder`` of the score stage).
