@@ -1,6 +1,7 @@
-"""Triton kernels (under the CPU interpreter) against their PyTorch references, and the dispatcher."""
-import importlib
-import os
+"""Triton kernels (under the CPU interpreter) against their PyTorch references, and the dispatcher.
+
+Runs with TRITON_INTERPRET=1 only; tests/conftest.py runs it in a subprocess of its own.
+"""
 import sys
 import time
 
@@ -10,27 +11,12 @@ import torch
 KERNEL_MODULES = ("ecdp.kernels.triton_gn", "ecdp.kernels.triton_ode")
 
 
-def _import_triton_interpreted():
-    """Import Triton with TRITON_INTERPRET=1, so that its own library (tl.sum, ...) is interpreted.
+triton = pytest.importorskip("triton")
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-    The variable is set for the import only; the module fixture sets it again for the tests.
-    """
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        triton = pytest.importorskip("triton")
-    finally:
-        if saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-    from triton.runtime.interpreter import InterpretedFunction
-    if not isinstance(triton.language.sum, InterpretedFunction):
-        raise RuntimeError("Triton was imported before TRITON_INTERPRET=1 was set, so its kernels "
-                           "cannot run on the CPU: run this file with TRITON_INTERPRET=1 or on its own")
-
-
-_import_triton_interpreted()
+if not isinstance(triton.language.sum, InterpretedFunction):
+    raise RuntimeError("this module runs Triton's CPU interpreter: run it with TRITON_INTERPRET=1 set "
+                       "before Python starts (tests/conftest.py does so in a subprocess)")
 
 import ecdp.kernels as kernels  # noqa: E402
 from ecdp import nets  # noqa: E402
@@ -40,27 +26,13 @@ from ecdp.sde import time_grid  # noqa: E402
 from oracle import GaussianOracle  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def triton_interpreter():
-    """Run the Triton kernels on the CPU interpreter for this module only.
-
-    Triton picks interpreter or compiled mode when a kernel is defined, so kernel modules that
-    were already imported are reloaded; the variable is restored afterwards so that other test
-    modules keep the reference on CPU tensors.
-    """
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    for name in KERNEL_MODULES:
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
-    kernels._triton.cache_clear()
+@pytest.fixture(autouse=True)
+def kernels_by_environment():
+    """Every test starts with the dispatch choice of the environment (TRITON_INTERPRET=1)."""
     kernels.set_enabled(None)
     assert kernels.triton_available()
     yield
-    if saved is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = saved
+    kernels.set_enabled(None)
 
 
 @pytest.fixture
