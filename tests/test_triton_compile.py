@@ -31,13 +31,14 @@ def test_group_norm_kernel_compiles_for_sm90():
     types.update({name: "i32" for name in ("S", "G", "CG", "n_gblocks", "sxb", "sxc", "sxs", "sab", "sac",
                                            "sdb", "sdc", "sds", "sob", "soc", "sos")})
     kernel = _compile(triton_gn._gn_fused, types, dict(HAS_ACH=True, HAS_ADD=True, SILU=True, BLOCK_G=1,
-                                                       BLOCK_CG=2, BLOCK_S=4096))
+                                                       BLOCK_CG=2, BLOCK_S=4096, OFFSET64=False))
     assert kernel.asm["cubin"] and ".target sm_90" in kernel.asm["ptx"]
 
 
 def test_ode_kernel_compiles_for_sm90():
     fn = triton_ode._ode_update
     types = {name: "*fp32" for name in fn.arg_names if name.endswith("_ptr")}
-    types.update({name: "i32" for name in fn.arg_names if name == "S" or name.startswith("s") and len(name) == 3})
-    kernel = _compile(fn, types, dict(NCOEF=11, HAS_BASE=True, HAS_ACC=True, WRITE_ACC=True, BLOCK=1024))
+    types.update({name: "i32" for name in fn.arg_names if name in ("S", "scoef") or name.startswith("s") and len(name) == 3})
+    kernel = _compile(fn, types, dict(HAS_BASE=True, HAS_ACC=True, WRITE_ACC=True, BLOCK=1024,
+                                      OFFSET64=True))
     assert kernel.asm["cubin"] and ".target sm_90" in kernel.asm["ptx"]
