@@ -8,11 +8,13 @@
   over a coefficient table precomputed on the device (``ecdp.kernels.ode_coef.solver_table``):
   one kernel per network evaluation instead of about twenty element-wise ones, no host copies.
 - ``GraphedSolve``: on CUDA, the whole fixed-step solve (encoder, cache, every stage of every step,
-  output) captured once per input shape in a CUDA graph and replayed; a small LRU of graphs.
+  output) captured once per input shape in a CUDA graph and replayed on a private stream; one
+  capture at a time per process; safe to call from several threads; a small LRU of graphs.
 """
 import collections
 import contextlib
 import threading
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -133,12 +135,31 @@ def fast_resolver(net, config, *, dtype=None, channels_last=False, compile_mode=
     return FastResolver(denoiser, config, fused_ode=fused_ode, **sampler)
 
 
+# PyTorch captures one CUDA graph at a time per process: every GraphedSolve captures under this lock.
+CAPTURE_LOCK = threading.Lock()
+
+
+@dataclass
+class _StaticSolve:
+    """One input shape's static buffers, its replay and (on CUDA) the private stream it runs on."""
+
+    replay: object
+    y: torch.Tensor
+    z1: torch.Tensor
+    out: torch.Tensor
+    stream: object = None
+
+
 class GraphedSolve:
     """Replay a fixed-shape function fn(y, z1) -> tensor from static buffers, one set per input shape.
 
-    On CUDA each set is a captured CUDA graph: the host only copies the inputs in, replays, and
-    copies the output out, with no synchronization inside. Elsewhere the same static-buffer loop
-    runs fn eagerly. A small LRU keeps the sets; a lock serializes callers (buffers are shared).
+    On CUDA each set is a CUDA graph captured once (under the process-wide CAPTURE_LOCK) and
+    replayed on a private stream: the inputs are copied in, the graph replayed and the output
+    cloned out on that stream, after the caller's stream's pending work and before any of the
+    caller's later work (the caller's stream waits on it). The next caller's copies queue behind
+    on the same stream, so static buffers are never overwritten while the GPU still reads them;
+    the host never synchronizes. Elsewhere the same static-buffer loop runs fn eagerly. A small
+    LRU keeps the sets; a lock serializes the callers of one instance.
     """
 
     def __init__(self, fn, max_graphs=4, warmup=2):
@@ -152,28 +173,46 @@ class GraphedSolve:
             if key not in self.graphs:
                 self.graphs[key] = self._capture(y.clone(), z1.clone())
                 if len(self.graphs) > self.max_graphs:
-                    self.graphs.popitem(last=False)
+                    _, evicted = self.graphs.popitem(last=False)
+                    if evicted.stream is not None:
+                        evicted.stream.synchronize()   # its last replay done before its graph is freed
             self.graphs.move_to_end(key)
-            replay, static_y, static_z1, static_out = self.graphs[key]
-            static_y.copy_(y)
-            static_z1.copy_(z1)
-            replay()
-            return static_out.clone()
+            return self._replay(self.graphs[key], y, z1)
+
+    @staticmethod
+    def _replay(static, y, z1):
+        if static.stream is None:
+            static.y.copy_(y)
+            static.z1.copy_(z1)
+            static.replay()
+            return static.out.clone()
+        caller = torch.cuda.current_stream(y.device)
+        static.stream.wait_stream(caller)
+        with torch.cuda.stream(static.stream):
+            static.y.copy_(y)
+            static.z1.copy_(z1)
+            static.replay()
+            out = static.out.clone()
+        caller.wait_stream(static.stream)
+        for t in (y, z1):
+            t.record_stream(static.stream)
+        out.record_stream(caller)
+        return out
 
     def _capture(self, static_y, static_z1):
         if static_y.device.type != "cuda":
             static_out = self.fn(static_y, static_z1)
-            return (lambda: static_out.copy_(self.fn(static_y, static_z1))), static_y, static_z1, static_out
-        side = torch.cuda.Stream(device=static_y.device)
-        side.wait_stream(torch.cuda.current_stream(static_y.device))
-        with torch.cuda.stream(side):
+            replay = lambda: static_out.copy_(self.fn(static_y, static_z1))
+            return _StaticSolve(replay, static_y, static_z1, static_out)
+        stream = torch.cuda.Stream(device=static_y.device)
+        stream.wait_stream(torch.cuda.current_stream(static_y.device))
+        with CAPTURE_LOCK, torch.cuda.stream(stream):
             for _ in range(self.warmup):
                 self.fn(static_y, static_z1)
-        torch.cuda.current_stream(static_y.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self.fn(static_y, static_z1)
-        return graph.replay, static_y, static_z1, static_out
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                static_out = self.fn(static_y, static_z1)
+        return _StaticSolve(graph.replay, static_y, static_z1, static_out, stream)
 
 
 def graphed_latent(resolver, max_graphs=4):

@@ -1,4 +1,6 @@
 """The fast engine against the reference: the same images from the same noise."""
+import threading
+
 import pytest
 import torch
 
@@ -84,3 +86,64 @@ def test_fast_bf16_on_cuda_is_within_45_db_of_the_reference():
     outputs = [Upscaler.from_pretrained("default", device="cuda", engine=engine).sample(lr).cpu()
                for engine in ("reference", "fast")]
     assert psnr(*outputs).item() >= 45
+
+
+@pytest.fixture
+def one_intra_op_thread():
+    """8 threads each running 2 OpenMP threads on 2 cores thrash; serial and threaded calls both
+    run with one intra-op thread, so that they reduce in the same order."""
+    intra_op = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(intra_op)
+
+
+def _threaded(calls, threads=8):
+    """Run the zero-argument calls from `threads` threads at once; results in call order."""
+    from concurrent.futures import ThreadPoolExecutor
+    barrier = threading.Barrier(threads)
+
+    def run(call):
+        barrier.wait(timeout=60)
+        return call()
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(run, calls))
+
+
+def test_two_upscalers_from_eight_threads_match_serial_calls(tiny, one_intra_op_thread):
+    from ecdp.upscaler import Upscaler
+
+    config = ModelConfig(sigma=0.2, solver="heun", steps=2)
+    upscalers = [Upscaler(tiny, config, engine="fast", seed=seed) for seed in (0, 1)]
+    images = [_inputs(size=8, seed=seed)[0] for seed in range(4)]
+    jobs = [(upscalers[i % 2], images[i % 4]) for i in range(8)]
+    threaded = _threaded([lambda up=up, y=y: up.sample(y) for up, y in jobs])
+    serial = [up.sample(y) for up, y in jobs]
+    for a, b in zip(threaded, serial):
+        assert torch.equal(a, b)
+    assert not torch.equal(serial[0], serial[1])   # the two seeds differ, so a mix-up would show
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_graphed_solves_from_eight_threads_match_serial_calls(tiny, one_intra_op_thread, device):
+    """Two GraphedSolves (the static-buffer loop on the CPU, CUDA graphs on a GPU: two captures
+    under one process-wide lock, replays on private streams) shared by 8 threads."""
+    import copy
+    config = ModelConfig(sigma=0.2)
+    net = copy.deepcopy(tiny).to(device)
+    solves = [GraphedSolve(lambda y, z1, r=fast_resolver(net, config, solver=solver, steps=2): r.latent(y, z1)[0],
+                           max_graphs=2)
+              for solver in ("heun", "dpmpp2m")]
+    jobs = [(solves[i % 2], _inputs(size=(8, 12)[i // 4], seed=i, device=device)) for i in range(8)]
+    def call(solve, inputs):
+        with torch.inference_mode():   # per thread: threads do not inherit it
+            return solve(*inputs)
+
+    threaded = _threaded([lambda job=job: call(*job) for job in jobs])   # the captures race here
+    serial = [call(*job) for job in jobs]
+    for a, b in zip(threaded, serial):
+        assert torch.equal(a, b)
