@@ -35,11 +35,12 @@ class Upscaler:
     tile (LR pixels) turns on tiled sampling for larger images, with neighbouring tiles overlapping
     by at least `overlap` LR pixels (default tile // 4). engine "fast" caches the conditioning,
     runs the network in bf16 on CUDA and replays fixed-step solves from CUDA graphs; "reference" is
-    the plain method. One Upscaler may be shared by several threads: calls are serialized.
+    the plain method. compile=True runs the fast engine's cached denoiser through torch.compile.
+    One Upscaler may be shared by several threads: calls are serialized.
     """
 
     def __init__(self, net, config, *, device="cpu", solver=None, steps=None, seed=0, grid=None,
-                 tile=None, overlap=None, atol=1e-3, rtol=1e-3, engine="reference"):
+                 tile=None, overlap=None, atol=1e-3, rtol=1e-3, engine="reference", compile=False):
         self.device = _device(device)
         self.net = net.to(self.device).eval()
         self.config = config
@@ -51,19 +52,22 @@ class Upscaler:
         unet_multiple = 2 ** (len(config.net.ch_mult) - 1)
         self.multiple = unet_multiple // math.gcd(unet_multiple, config.scale)
         self.tile, self.overlap = _tiling(tile, overlap, self.multiple)
-        self._latent = self._engine(engine)
+        self._latent = self._engine(engine, compile)
         self._lock = threading.Lock()
         self.last_nfe = 0
 
-    def _engine(self, engine):
+    def _engine(self, engine, compile=False):
         """The latent solve (y, z1) -> (z, nfe) of the chosen engine."""
         sampler = dict(solver=self.solver, steps=self.steps, grid=self.grid, atol=self.atol, rtol=self.rtol)
         if engine == "reference":
+            if compile:
+                raise UserError("compile=True needs engine='fast'")
             return SuperResolver(self.net, self.config, **sampler).latent
         if engine != "fast":
             raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         on_gpu = self.device.type == "cuda"
-        resolver = fast_resolver(self.net, self.config, dtype=torch.bfloat16 if on_gpu else None, **sampler)
+        resolver = fast_resolver(self.net, self.config, dtype=torch.bfloat16 if on_gpu else None,
+                                 compile_mode="default" if compile else None, **sampler)
         return graphed_latent(resolver) if on_gpu and self.solver != "dopri5" else resolver.latent
 
     @classmethod

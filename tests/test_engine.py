@@ -147,3 +147,44 @@ def test_graphed_solves_from_eight_threads_match_serial_calls(tiny, one_intra_op
     serial = [call(*job) for job in jobs]
     for a, b in zip(threaded, serial):
         assert torch.equal(a, b)
+
+
+@pytest.fixture
+def compile_calls(monkeypatch):
+    """torch.compile replaced by a spy that records what it is given and returns it uncompiled."""
+    calls = []
+
+    def spy(fn, **options):
+        calls.append((fn, options))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", spy)
+    return calls
+
+
+def test_upscaler_compile_reaches_torch_compile_of_the_cached_denoiser(tiny, compile_calls):
+    from ecdp.upscaler import Upscaler
+    upscaler = Upscaler(tiny, ModelConfig(sigma=0.2, steps=1), engine="fast", compile=True)
+    assert [fn for fn, _ in compile_calls] == [tiny.denoiser]
+    assert compile_calls[0][1]["dynamic"] is False
+    assert upscaler.sample(_inputs(size=8)[0]).shape == (1, 3, 32, 32)
+
+
+def test_upscaler_compile_needs_the_fast_engine(tiny):
+    from ecdp.errors import UserError
+    from ecdp.upscaler import Upscaler
+    with pytest.raises(UserError, match="engine='fast'"):
+        Upscaler(tiny, ModelConfig(), engine="reference", compile=True)
+
+
+def test_cli_compile_flag_reaches_torch_compile(tmp_path, compile_calls):
+    import numpy as np
+    from PIL import Image
+
+    from ecdp.cli import main
+    from test_upscaler import save_tiny_model
+    model = save_tiny_model(tmp_path / "model", steps=1)
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(tmp_path / "in.png")
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--checkpoint", str(model),
+                 "--device", "cpu", "--compile"]) == 0
+    assert len(compile_calls) == 1 and (tmp_path / "out.png").exists()

@@ -34,6 +34,7 @@ def add_parser(subparsers):
                    help="model folder (model.safetensors and config.json); default: the built-in model")
     p.add_argument("--engine", choices=ENGINES, default="fast",
                    help="fast (conditioning cache; bf16 and CUDA graphs on GPU) or reference (default: fast)")
+    p.add_argument("--compile", action="store_true", help="run the fast engine's network through torch.compile")
     p.add_argument("--solver", choices=SOLVERS, help="ODE solver (default: the model's)")
     p.add_argument("--steps", type=_positive_int, metavar="N", help="solver steps (default: the model's)")
     p.add_argument("--grid", choices=GRIDS, help="time grid of fixed-step solvers (default: the model's)")
@@ -101,7 +102,8 @@ def _check_distinct(inputs, paths):
 def _upscaler(args):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return Upscaler.from_pretrained(args.checkpoint, device=device, solver=args.solver, steps=args.steps,
-                                    grid=args.grid, seed=args.seed, tile=args.tile, engine=args.engine)
+                                    grid=args.grid, seed=args.seed, tile=args.tile, engine=args.engine,
+                                    compile=args.compile)
 
 
 def _positive_int(text):
