@@ -1,4 +1,5 @@
 """The fast engine against the reference: the same images from the same noise."""
+import copy
 import threading
 
 import pytest
@@ -47,7 +48,7 @@ def test_cache_holds_one_tensor_per_block(tiny):
 
 def _check_static_solve(tiny, device):
     config = ModelConfig(sigma=0.2)
-    resolver = fast_resolver(tiny.to(device), config, solver="heun", steps=2)
+    resolver = fast_resolver(copy.deepcopy(tiny).to(device), config, solver="heun", steps=2)   # tiny stays put
     graphed = GraphedSolve(resolver, max_graphs=2)
     assert graphed_latent(resolver)(*_inputs(size=8, device=device))[1] == 4
     with torch.inference_mode():
@@ -132,7 +133,6 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_solves_from_eight_threads_match_serial_calls(tiny, one_intra_op_thread, device):
     """Two GraphedSolves (the static-buffer loop on the CPU, CUDA graphs on a GPU: two captures
     under one process-wide lock, replays on private streams) shared by 8 threads."""
-    import copy
     config = ModelConfig(sigma=0.2)
     net = copy.deepcopy(tiny).to(device)
     solves = [GraphedSolve(lambda y, z1, r=fast_resolver(net, config, solver=solver, steps=2): r.latent(y, z1)[0],
@@ -195,7 +195,6 @@ def test_cli_compile_flag_reaches_torch_compile(tmp_path, compile_calls):
 def test_fused_ode_solve_matches_the_reference_in_float64(tiny, solver, grid):
     """The fused solve (coefficient table, ode_update per NFE) against ecdp.sampling.solve of the
     same network in float64: within 5e-5, closer than the fp32 reference itself comes."""
-    import copy
     config = ModelConfig(sigma=0.2)
     y, z1 = _inputs(batch=2, size=8)
     with torch.inference_mode():
