@@ -11,9 +11,12 @@ a fraction of a device-to-device copy of x measured in the same run. Tensors und
 partly stay in cache, for the copy as for the kernels.
 
 ODE update: the fused kernel against the eager sequence (ecdp.kernels.reference.ode_update) and its
-``torch.compile``, for Euler, an RK4 middle stage and DPM-Solver++(2M), state (B, 3, 256, 256).
+``torch.compile``, for Euler, an RK4 middle stage and DPM-Solver++(2M), state (B, 3, 256, 256), also
+as a fraction of the copy bandwidth.
 
-Prints markdown tables and writes the JSON (atomically) to --out.
+Prints markdown tables and writes the JSON (atomically) to --out. ``bench/gpu/run.sh`` calls
+``bench_group_norm`` and ``bench_ode`` too; with ``quick`` (CPU, tiny shapes) the same code runs
+through the dispatcher's PyTorch fallback and is timed with the host clock.
 """
 import argparse
 import json
@@ -21,6 +24,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -28,7 +32,9 @@ import torch.nn.functional as F
 
 GN_SHAPES = [(64, 256, 256), (128, 128, 128), (256, 64, 64), (256, 32, 32)]  # (C, H, W)
 ODE_SIZE = 256     # the ODE state is (B, 3, ODE_SIZE, ODE_SIZE)
-DEVICE = "cuda"
+QUICK_GN_SHAPES = [(16, 8, 8)]
+QUICK_ODE_SIZE = 8
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 TOLERANCE = {"fp32": 1e-5, "bf16": 2e-2}   # fp32: max abs diff; bf16: relative to the max
 
@@ -42,6 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing")
     parser.add_argument("--reps", type=int, default=30, help="timed repetitions (the median is kept)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes on any device (a rehearsal)")
     args = parser.parse_args(argv)
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     unknown = [d for d in args.dtypes if d not in DTYPES]
@@ -51,8 +58,10 @@ def parse_args(argv=None):
     return args
 
 
-def check_environment():
+def check_environment(quick=False):
     """None when the benchmark can run, else the one sentence that says why not."""
+    if quick:
+        return None
     if not torch.cuda.is_available():
         return "CUDA is not available on this machine: bench/gpu_kernels.py needs a CUDA GPU."
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -64,9 +73,17 @@ def check_environment():
 
 
 def cuda_time_ms(fn, warmup, reps):
-    """Median time of one call, in ms: each repetition times a batch of calls between CUDA events."""
+    """Median time of one call, in ms: each repetition times a batch of calls between CUDA events
+    (on the CPU: host clock, one call per repetition)."""
     for _ in range(warmup):
         fn()
+    if DEVICE != "cuda":
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - start))
+        return statistics.median(times)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     fn()
@@ -103,7 +120,7 @@ def bench_group_norm(args, triton_gn, reference):
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         for batch in args.batches:
-            for C, H, W in GN_SHAPES:
+            for C, H, W in (QUICK_GN_SHAPES if args.quick else GN_SHAPES):
                 for layout in layouts:
                     results.append(_bench_gn_case(args, triton_gn, reference, dtype_name, dtype,
                                                   batch, C, H, W, layout))
@@ -162,8 +179,9 @@ def bench_ode(args, kernels, triton_ode, reference):
         dtype = DTYPES[dtype_name]
         for batch in args.batches:
             gen = torch.Generator(device=DEVICE).manual_seed(0)
-            shape = (batch, 3, ODE_SIZE, ODE_SIZE)
-            head = torch.randn(batch, 6, ODE_SIZE, ODE_SIZE, device=DEVICE, generator=gen).to(dtype)
+            size = QUICK_ODE_SIZE if args.quick else ODE_SIZE
+            shape = (batch, 3, size, size)
+            head = torch.randn(batch, 6, size, size, device=DEVICE, generator=gen).to(dtype)
             eps_hat, z0_hat = head[:, :3], head[:, 3:]
             z, base, acc = (torch.randn(shape, device=DEVICE, generator=gen).to(dtype) for _ in range(3))
             t = torch.linspace(0.9, 0.5, batch, device=DEVICE, dtype=torch.float64)
@@ -183,6 +201,9 @@ def bench_ode(args, kernels, triton_ode, reference):
                 nbytes = (n_in + n_out) * z.numel() * z.element_size()
                 row = dict(use=use, dtype=dtype_name, batch=batch, error=max(e for e, _ in errors),
                            passed=all(p for _, p in errors))
+                dst = torch.empty_like(z)
+                copy_ms = cuda_time_ms(lambda: dst.copy_(z), args.warmup, args.reps)
+                row["copy_gbs"] = 2 * z.numel() * z.element_size() / copy_ms / 1e6
                 candidates = {
                     "fused": lambda: triton_ode.ode_update(z, eps_hat, z0_hat, coef, **kw),
                     "eager": lambda: reference.ode_update(z, eps_hat, z0_hat, coef, **kw),
@@ -194,6 +215,7 @@ def bench_ode(args, kernels, triton_ode, reference):
                     ms = cuda_time_ms(fn, args.warmup, args.reps)
                     row[f"{name}_us"] = 1e3 * ms
                     row[f"{name}_gbs"] = nbytes / ms / 1e6
+                    row[f"{name}_of_copy"] = row[f"{name}_gbs"] / row["copy_gbs"]
                 results.append(row)
                 if not args.no_compile:
                     torch._dynamo.reset()

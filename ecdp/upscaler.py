@@ -37,12 +37,13 @@ class Upscaler:
     by at least `overlap` LR pixels (default tile // 4); without it, images of more than
     AUTO_TILE_ABOVE LR pixels are sampled in tiles of AUTO_TILE. engine "fast" (the default, as on
     every entry point) caches the conditioning, runs the network in bf16 on CUDA and replays
-    fixed-step solves from CUDA graphs; "reference" is the plain method. One Upscaler may be shared
-    by several threads: calls are serialized.
+    fixed-step solves from CUDA graphs; "reference" is the plain method. compile=True runs the fast
+    engine's cached denoiser through torch.compile. One Upscaler may be shared by several threads:
+    calls are serialized.
     """
 
     def __init__(self, net, config, *, device="cpu", solver=None, steps=None, seed=0, grid=None,
-                 tile=None, overlap=None, atol=1e-3, rtol=1e-3, engine=DEFAULT_ENGINE):
+                 tile=None, overlap=None, atol=1e-3, rtol=1e-3, engine=DEFAULT_ENGINE, compile=False):
         self.device = _device(device)
         self.net = net.to(self.device).eval()
         self.config = config
@@ -56,19 +57,22 @@ class Upscaler:
         self.tile, self.overlap = _tiling(tile, overlap, self.multiple)
         self.auto_tile = _tiling(AUTO_TILE, overlap, self.multiple)
         self.engine = engine
-        self._latent = self._engine(engine)
+        self._latent = self._engine(engine, compile)
         self._lock = threading.Lock()
         self.last_nfe = 0
 
-    def _engine(self, engine):
+    def _engine(self, engine, compile=False):
         """The latent solve (y, z1) -> (z, nfe) of the chosen engine."""
         sampler = dict(solver=self.solver, steps=self.steps, grid=self.grid, atol=self.atol, rtol=self.rtol)
         if engine == "reference":
+            if compile:
+                raise UserError("compile=True needs engine='fast'")
             return SuperResolver(self.net, self.config, **sampler).latent
         if engine != "fast":
             raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         on_gpu = self.device.type == "cuda"
-        resolver = fast_resolver(self.net, self.config, dtype=torch.bfloat16 if on_gpu else None, **sampler)
+        resolver = fast_resolver(self.net, self.config, dtype=torch.bfloat16 if on_gpu else None,
+                                 compile_mode="default" if compile else None, **sampler)
         return graphed_latent(resolver) if on_gpu and self.solver != "dopri5" else resolver.latent
 
     @classmethod

@@ -4,7 +4,8 @@
   SiLU(GroupNorm(x + add_channel[:, :, None, None] + add)) with fp32 statistics.
 - ``ode_update(z_t, eps_hat, z0_hat, coef, *, base=None, acc=None, write_acc=False, out=None,
   acc_out=None) -> (z_out, acc_out)``: hybrid noise estimate, probability-flow drift and the
-  Euler / Heun / RK4 / DPM-Solver++(2M) update in one pass; coefficients from ``ode_coef``.
+  Euler / Heun / RK4 / DPM-Solver++(2M) update in one pass; coefficients from ``ode_coef``
+  (``solver_table``: a whole fixed-step solve, one row per network evaluation).
 
 Dispatch: the Triton kernels run on CUDA tensors, and on any tensor when ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter); everything else, and everything when Triton is not installed, runs the
@@ -18,10 +19,12 @@ import os
 import torch
 
 from ecdp.kernels import reference
-from ecdp.kernels.ode_coef import COEF_FIELDS, RK_TABLEAUS, dpmpp2m_coef, euler_coef, ode_coef, rk_coefs
+from ecdp.kernels.ode_coef import (COEF_FIELDS, RK_TABLEAUS, Stage, dpmpp2m_coef, euler_coef, ode_coef, rk_coefs,
+                                   solver_table)
 
 __all__ = ["group_norm_silu", "ode_update", "set_enabled", "enabled", "triton_available",
-           "ode_coef", "euler_coef", "rk_coefs", "dpmpp2m_coef", "COEF_FIELDS", "RK_TABLEAUS"]
+           "ode_coef", "euler_coef", "rk_coefs", "dpmpp2m_coef", "solver_table", "Stage",
+           "COEF_FIELDS", "RK_TABLEAUS"]
 
 _enabled_override = None
 

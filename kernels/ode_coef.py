@@ -20,7 +20,13 @@ The builders below give each solver's use (h = s - t < 0 is the step from t to s
 | DPM-Solver++(2M)   | z_t  | x0_prev     | r1 z + r2 ((1 + 1/2r) x0 - 1/2r x0_prev)  | x0_hyb        |
 
 (RK: Heun and classical RK4, whose stage i + 1 input uses f_i only; ``RK_TABLEAUS``.)
+``solver_table`` lays a whole fixed-step solve out as one row per network evaluation.
+
+Everything is built with tensor operations on the device of ``t`` (Python numbers enter as kernel
+arguments of ``torch.full``): no host-to-device copy, so the builders may run inside a CUDA graph.
 """
+from dataclasses import dataclass
+
 import torch
 
 from ecdp.parametrization import mixing_weight
@@ -47,7 +53,7 @@ def ode_coef(t, *, param="hybrid", c=1.0, z_base=1.0, z_f=0.0, z_x0=0.0, z_acc=0
     a = alpha(t)
     columns = [a.sqrt(), (1 - a).sqrt(), mixing_weight(t, param, c), beta(t),
                z_base, z_f, z_x0, z_acc, acc_acc, acc_f, acc_x0]
-    columns = [torch.as_tensor(v, dtype=torch.float64, device=t.device) for v in columns]
+    columns = [v.double() if isinstance(v, torch.Tensor) else torch.full_like(t, v) for v in columns]
     return torch.stack(torch.broadcast_tensors(*columns), dim=-1).float()
 
 
@@ -92,3 +98,44 @@ def dpmpp2m_coef(t, s, t_prev=None, **model):
         return ode_coef(t, z_base=r1, z_x0=r2, acc_x0=1.0, **model)
     r = 0.5 * (log_snr(t) - log_snr(torch.as_tensor(t_prev).double())) / h
     return ode_coef(t, z_base=r1, z_x0=r2 * (1 + 0.5 / r), z_acc=-r2 * 0.5 / r, acc_x0=1.0, **model)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How one row of a solver table calls ode_update after its network evaluation."""
+
+    uses_base: bool    # base = the state at the start of the step (RK stages), else z_t
+    uses_acc: bool     # acc = the previous row's acc_out
+    writes_acc: bool
+    ends_step: bool    # the output is the state at the end of a step
+
+
+def solver_table(solver, ts, *, param="hybrid", c=1.0):
+    """(stages, t, coef): ecdp.sampling's fixed-step solve on the time grid ts, one row per NFE.
+
+    ts: (steps + 1,) decreasing times on the device (float64 recommended). Returns the Stage flags
+    of the rows, their network times t (rows,) float64 and coefficients coef (rows, 11) fp32.
+    Row k: evaluate the network at (z, t[k]), then ``z, acc = ode_update(z, eps_hat, z0_hat,
+    coef[k], base=z_n if uses_base, acc=acc if uses_acc, write_acc=writes_acc)``, and z_n = z
+    where the row ends a step. DPM-Solver++(2M) takes its first and last step at first order,
+    as ecdp.sampling does. Raises ValueError for a solver without fixed steps.
+    """
+    steps = len(ts) - 1
+    rows = []
+    for i in range(steps):
+        t, s = ts[i], ts[i + 1]
+        if solver == "euler":
+            rows.append((Stage(False, False, False, True), t, euler_coef(t, s, param=param, c=c)))
+        elif solver in RK_TABLEAUS:
+            stages = rk_coefs(t, s, solver, param=param, c=c)
+            last = len(stages) - 1
+            rows += [(Stage(True, j > 0, j < last, j == last), t_j, coef)
+                     for j, (t_j, coef) in enumerate(stages)]
+        elif solver == "dpmpp2m":
+            second_order = 0 < i < steps - 1
+            coef = dpmpp2m_coef(t, s, ts[i - 1] if second_order else None, param=param, c=c)
+            rows.append((Stage(False, second_order, True, True), t, coef))
+        else:
+            raise ValueError(f"solver {solver!r} has no fixed steps; choose euler, heun, rk4 or dpmpp2m")
+    stages, times, coefs = zip(*rows)
+    return stages, torch.stack(times).double(), torch.stack(coefs)

@@ -15,7 +15,8 @@ one sample. Two paths:
   parallel formula, so no E[x^2] - E[x]^2 cancellation); ``_gn_finalize`` merges the spans into
   mean and 1/std per (sample, group); ``_gn_apply`` normalizes, applies the affine map and SiLU.
 
-Deterministic: no atomics, the reduction order depends on the shape only.
+Deterministic: no atomics, the reduction order depends on the shape only. Offsets within a sample
+are 32-bit unless one passes int32 (``layout.needs_offset64``), then 64-bit (the OFFSET64 variants).
 """
 import math
 
@@ -23,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ecdp.kernels.layout import as_bcs, bcs_strides
+from ecdp.kernels.layout import as_bcs, bcs_strides, needs_offset64
 
 FUSED_MAX_ELEMENTS = 8192   # a group of at most this many (padded) elements takes the fused path
 SPLIT_TILE_MAX = 4096       # elements per program tile on the split path
@@ -40,6 +41,14 @@ def _tile_index(pid_bg, n_gblocks, G, CG, BLOCK_G: tl.constexpr, BLOCK_CG: tl.co
     c = g[:, None] * CG + ci[None, :]
     cmask = (g[:, None] < G) & (ci[None, :] < CG)
     return b, g, c[:, :, None], cmask[:, :, None]
+
+
+@triton.jit
+def _widen(index, OFFSET64: tl.constexpr):
+    """Channel or spatial indices in 64 bits when OFFSET64 (offsets within a sample past int32)."""
+    if OFFSET64:
+        index = index.to(tl.int64)
+    return index
 
 
 @triton.jit
@@ -75,11 +84,12 @@ def _gn_fused(x_ptr, ach_ptr, add_ptr, w_ptr, bias_ptr, out_ptr,
               S, G, CG, n_gblocks, eps,
               sxb, sxc, sxs, sab, sac, sdb, sdc, sds, sob, soc, sos,
               HAS_ACH: tl.constexpr, HAS_ADD: tl.constexpr, SILU: tl.constexpr,
-              BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr, BLOCK_S: tl.constexpr):
+              BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr, BLOCK_S: tl.constexpr, OFFSET64: tl.constexpr):
     """One program per BLOCK_G groups of one sample, whole groups in registers."""
     b, g, c, cmask = _tile_index(tl.program_id(0), n_gblocks, G, CG, BLOCK_G, BLOCK_CG)
     s = tl.arange(0, BLOCK_S)[None, None, :]
     mask = cmask & (s < S)
+    c, s = _widen(c, OFFSET64), _widen(s, OFFSET64)
     v = _load_sum(x_ptr, ach_ptr, add_ptr, b, c, s, mask,
                   sxb, sxc, sxs, sab, sac, sdb, sdc, sds, HAS_ACH, HAS_ADD)
     n = CG * S * 1.0
@@ -96,7 +106,7 @@ def _gn_stats(x_ptr, ach_ptr, add_ptr, part_mean_ptr, part_m2_ptr,
               S, G, CG, n_gblocks, SPAN,
               sxb, sxc, sxs, sab, sac, sdb, sdc, sds,
               HAS_ACH: tl.constexpr, HAS_ADD: tl.constexpr,
-              BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr, BLOCK_S: tl.constexpr):
+              BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr, BLOCK_S: tl.constexpr, OFFSET64: tl.constexpr):
     """Mean and centered sum of squares of one spatial span [split * SPAN, ...) per group."""
     b, g, c, cmask = _tile_index(tl.program_id(0), n_gblocks, G, CG, BLOCK_G, BLOCK_CG)
     split = tl.program_id(1)
@@ -107,14 +117,15 @@ def _gn_stats(x_ptr, ach_ptr, add_ptr, part_mean_ptr, part_m2_ptr,
     for s0 in range(s_lo, s_hi, BLOCK_S):
         s = (s0 + tl.arange(0, BLOCK_S))[None, None, :]
         mask = cmask & (s < s_hi)
-        v = _load_sum(x_ptr, ach_ptr, add_ptr, b, c, s, mask,
+        c_w, s_w = _widen(c, OFFSET64), _widen(s, OFFSET64)
+        v = _load_sum(x_ptr, ach_ptr, add_ptr, b, c_w, s_w, mask,
                       sxb, sxc, sxs, sab, sac, sdb, sdc, sds, HAS_ACH, HAS_ADD)
         n_tile = (CG * tl.minimum(s_hi - s0, BLOCK_S)).to(tl.float32)
         mean_tile = tl.sum(tl.sum(v, axis=2), axis=1) / n_tile
         d = tl.where(mask, v - mean_tile[:, None, None], 0.0)
         m2_tile = tl.sum(tl.sum(d * d, axis=2), axis=1)
         # Chan et al.: merge the n elements seen so far with the tile's.
-        n = (CG * (s0 - s_lo)).to(tl.float32)
+        n = (s0 - s_lo).to(tl.float32) * CG
         delta = mean_tile - mean
         mean += delta * (n_tile / (n + n_tile))
         m2 += m2_tile + delta * delta * (n * n_tile / (n + n_tile))
@@ -135,7 +146,7 @@ def _gn_finalize(part_mean_ptr, part_m2_ptr, mean_ptr, rstd_ptr,
     offs = r[:, None] * n_splits + k[None, :]
     part_mean = tl.load(part_mean_ptr + offs, mask=mask, other=0.0)
     part_m2 = tl.load(part_m2_ptr + offs, mask=mask, other=0.0)
-    n_k = (CG * tl.minimum(tl.maximum(S - k * SPAN, 0), SPAN)).to(tl.float32)[None, :]
+    n_k = (tl.minimum(tl.maximum(S - k * SPAN, 0), SPAN).to(tl.float32) * CG)[None, :]
     n = CG * S * 1.0
     mean = tl.sum(part_mean * n_k, axis=1) / n
     d = part_mean - mean[:, None]
@@ -150,11 +161,12 @@ def _gn_apply(x_ptr, ach_ptr, add_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, out_
               S, G, CG, n_gblocks,
               sxb, sxc, sxs, sab, sac, sdb, sdc, sds, sob, soc, sos,
               HAS_ACH: tl.constexpr, HAS_ADD: tl.constexpr, SILU: tl.constexpr,
-              BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr, BLOCK_S: tl.constexpr):
+              BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr, BLOCK_S: tl.constexpr, OFFSET64: tl.constexpr):
     """Normalize one tile with the finalized statistics (spatial tiles on grid axis 0)."""
     b, g, c, cmask = _tile_index(tl.program_id(1), n_gblocks, G, CG, BLOCK_G, BLOCK_CG)
     s = (tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S))[None, None, :]
     mask = cmask & (s < S)
+    c, s = _widen(c, OFFSET64), _widen(s, OFFSET64)
     v = _load_sum(x_ptr, ach_ptr, add_ptr, b, c, s, mask,
                   sxb, sxc, sxs, sab, sac, sdb, sdc, sds, HAS_ACH, HAS_ADD)
     gmask = g < G
@@ -215,6 +227,7 @@ def group_norm_silu(x, weight, bias, groups, *, add_channel=None, add=None, eps=
     ach = add_channel if add_channel is not None else x
     addt = add if add is not None else x
     flags = dict(HAS_ACH=add_channel is not None, HAS_ADD=add is not None)
+    offset64 = dict(OFFSET64=needs_offset64(x, add, out))
     strides = (sxb, sxc, sxs, sab, sac, sdb, sdc, sds)
 
     block_cg = _pow2(CG)
@@ -226,7 +239,7 @@ def group_norm_silu(x, weight, bias, groups, *, add_channel=None, add=None, eps=
         n_gblocks = triton.cdiv(groups, block_g)
         _gn_fused[(B * n_gblocks,)](
             x, ach, addt, weight, bias, out, S, groups, CG, n_gblocks, eps,
-            *strides, sob, soc, sos, SILU=silu, **flags,
+            *strides, sob, soc, sos, SILU=silu, **flags, **offset64,
             BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_S=_pow2(S), num_warps=_warps(fused_elements))
         return out
 
@@ -246,7 +259,7 @@ def group_norm_silu(x, weight, bias, groups, *, add_channel=None, add=None, eps=
     mean = torch.empty(rows, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     _gn_stats[(B * n_gblocks, n_splits)](
-        x, ach, addt, part_mean, part_m2, S, groups, CG, n_gblocks, span, *strides, **flags,
+        x, ach, addt, part_mean, part_m2, S, groups, CG, n_gblocks, span, *strides, **flags, **offset64,
         BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_S=block_s, num_warps=warps)
     block_k = _pow2(n_splits)
     block_r = max(1, min(_pow2(rows), 1024 // block_k))
@@ -255,6 +268,6 @@ def group_norm_silu(x, weight, bias, groups, *, add_channel=None, add=None, eps=
         BLOCK_R=block_r, BLOCK_K=block_k, num_warps=_warps(block_r * block_k))
     _gn_apply[(tiles_s, B * n_gblocks)](
         x, ach, addt, weight, bias, mean, rstd, out, S, groups, CG, n_gblocks,
-        *strides, sob, soc, sos, SILU=silu, **flags,
+        *strides, sob, soc, sos, SILU=silu, **flags, **offset64,
         BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_S=block_s, num_warps=warps)
     return out

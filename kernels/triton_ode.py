@@ -4,7 +4,8 @@ The formulas and the per-sample coefficient layout are in ecdp.kernels.ode_coef.
 tensor is addressed as (batch, channel, spatial) with its own strides, so the network's head
 outputs (channel slices of one 6-channel tensor) are read in place. A program handles BLOCK
 positions of one (sample, channel); it reads each input element once and writes each output once,
-so outputs may alias inputs.
+so outputs may alias inputs. Offsets within a sample are 32-bit unless one passes int32, then
+64-bit (``layout.needs_offset64``).
 """
 import math
 
@@ -13,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ecdp.kernels.ode_coef import COEF_FIELDS
-from ecdp.kernels.layout import as_bcs, bcs_strides
+from ecdp.kernels.layout import as_bcs, bcs_strides, needs_offset64
 
 BLOCK = 1024
 
@@ -24,16 +25,19 @@ def _load(ptr, b, c, s, sb, sc, ss, mask):
 
 
 @triton.jit
-def _ode_update(z_ptr, e_ptr, x0h_ptr, base_ptr, acc_ptr, coef_ptr, out_ptr, acc_out_ptr, S,
+def _ode_update(z_ptr, e_ptr, x0h_ptr, base_ptr, acc_ptr, coef_ptr, out_ptr, acc_out_ptr, S, scoef,
                 szb, szc, szs, seb, sec, ses, sxb, sxc, sxs, sbb, sbc, sbs, sab, sac, sas,
                 sob, soc, sos, spb, spc, sps,
-                NCOEF: tl.constexpr, HAS_BASE: tl.constexpr, HAS_ACC: tl.constexpr,
-                WRITE_ACC: tl.constexpr, BLOCK: tl.constexpr):
+                HAS_BASE: tl.constexpr, HAS_ACC: tl.constexpr,
+                WRITE_ACC: tl.constexpr, BLOCK: tl.constexpr, OFFSET64: tl.constexpr):
     s = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     c = tl.program_id(1)
     b = tl.program_id(2)
     mask = s < S
-    k = coef_ptr + b * NCOEF
+    if OFFSET64:   # offsets within a sample past int32
+        s = s.to(tl.int64)
+        c = c.to(tl.int64)
+    k = coef_ptr + b * scoef
     sqrt_a, sigma, lam, beta = tl.load(k), tl.load(k + 1), tl.load(k + 2), tl.load(k + 3)
     z_base, z_f, z_x0, z_acc = tl.load(k + 4), tl.load(k + 5), tl.load(k + 6), tl.load(k + 7)
     acc_acc, acc_f, acc_x0 = tl.load(k + 8), tl.load(k + 9), tl.load(k + 10)
@@ -70,7 +74,11 @@ def _output(buffer, like, dtype, name):
 
 
 def ode_update(z_t, eps_hat, z0_hat, coef, *, base=None, acc=None, write_acc=False, out=None, acc_out=None):
-    """The Triton version of ecdp.kernels.reference.ode_update (same signature and results)."""
+    """The Triton version of ecdp.kernels.reference.ode_update (same signature and results).
+
+    coef is read in place when its rows are contiguous; a row expanded over the batch (stride 0,
+    one coefficient row for every sample) costs no copy.
+    """
     if z_t.dim() < 2:
         raise ValueError(f"ode_update expects (B, C, ...) tensors, got shape {tuple(z_t.shape)}")
     if coef.shape != (z_t.shape[0], len(COEF_FIELDS)):
@@ -98,7 +106,10 @@ def ode_update(z_t, eps_hat, z0_hat, coef, *, base=None, acc=None, write_acc=Fal
     written = acc_out if write_acc else out
     strides += [*bcs_strides(out), *bcs_strides(written)]
     grid = (triton.cdiv(S, BLOCK), C, B)
-    _ode_update[grid](*inputs, coef.float().contiguous(), out, written, S, *strides,
-                      NCOEF=len(COEF_FIELDS), HAS_BASE=base is not None, HAS_ACC=acc is not None,
-                      WRITE_ACC=write_acc, BLOCK=BLOCK, num_warps=4)
+    coef = coef.float()
+    if coef.stride(-1) != 1:
+        coef = coef.contiguous()
+    _ode_update[grid](*inputs, coef, out, written, S, coef.stride(0), *strides, HAS_BASE=base is not None, HAS_ACC=acc is not None,
+                      WRITE_ACC=write_acc, BLOCK=BLOCK, OFFSET64=needs_offset64(*inputs, out, written),
+                      num_warps=4)
     return out, acc_out if write_acc else None

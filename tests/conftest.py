@@ -1,27 +1,64 @@
+"""Test configuration: the helpers' folder on sys.path, and the interpreted test modules run apart.
+
+Triton picks interpreter or compiled mode for every kernel when it is defined, its own library
+(``tl.sum``, ...) included, at ``import triton``. A process that imported Triton under
+``TRITON_INTERPRET=1`` can compile no kernel for a GPU; one that imported it without can
+interpret none. So the modules in ``INTERPRETED`` run in a pytest subprocess of their own with
+``TRITON_INTERPRET=1`` (one item here, failing with the subprocess's report), and this process
+keeps Triton compiled: ``test_triton_compile.py`` compiles the kernels for sm_90 in it.
+Run such a module directly with ``TRITON_INTERPRET=1 python -m pytest tests/test_kernels.py``.
+"""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
 
-
-def _import_triton_interpretable():
-    """Import Triton (when installed) with TRITON_INTERPRET=1, so test_kernels.py can run its kernels on the CPU.
-
-    Triton reads the variable once, at its first import, which torch may trigger from any test
-    module; the variable is unset again so that other tests keep the PyTorch references.
-    """
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        if saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
+INTERPRETED = ("test_kernels.py",)
 
 
-_import_triton_interpretable()
+def interpreting():
+    """Whether this process runs Triton kernels on Triton's CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    if module_path.name in INTERPRETED and not interpreting():
+        return InterpretedModule.from_parent(parent, path=module_path)
+    return None
+
+
+class InterpretedModule(pytest.File):
+    """A test module that runs in a subprocess with TRITON_INTERPRET=1, as one item."""
+
+    def collect(self):
+        yield InterpretedRun.from_parent(self, name="interpreted")
+
+
+class InterpretedRun(pytest.Item):
+    def runtest(self):
+        config = self.config
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(self.path)]
+        if config.option.markexpr:
+            command += ["-m", config.option.markexpr]
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        result = subprocess.run(command, cwd=config.rootpath, env=env, capture_output=True, text=True)
+        self.summary = (result.stdout + result.stderr).strip()
+        if result.returncode not in (0, 5):   # 5: nothing collected (e.g. -m slow)
+            raise InterpretedFailure(self.summary)
+        print(self.summary.splitlines()[-1] if self.summary else "")
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, InterpretedFailure):
+            return f"{self.path.name} under TRITON_INTERPRET=1 failed:\n{excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.path.name} under TRITON_INTERPRET=1"
+
+
+class InterpretedFailure(Exception):
+    """The interpreted subprocess reported failures (its output is the message)."""

@@ -1,4 +1,7 @@
 """The fast engine against the reference: the same images from the same noise."""
+import copy
+import threading
+
 import pytest
 import torch
 
@@ -45,7 +48,7 @@ def test_cache_holds_one_tensor_per_block(tiny):
 
 def _check_static_solve(tiny, device):
     config = ModelConfig(sigma=0.2)
-    resolver = fast_resolver(tiny.to(device), config, solver="heun", steps=2)
+    resolver = fast_resolver(copy.deepcopy(tiny).to(device), config, solver="heun", steps=2)   # tiny stays put
     graphed = GraphedSolve(resolver, max_graphs=2)
     assert graphed_latent(resolver)(*_inputs(size=8, device=device))[1] == 4
     with torch.inference_mode():
@@ -84,3 +87,126 @@ def test_fast_bf16_on_cuda_is_within_45_db_of_the_reference():
     outputs = [Upscaler.from_pretrained("default", device="cuda", engine=engine).sample(lr).cpu()
                for engine in ("reference", "fast")]
     assert psnr(*outputs).item() >= 45
+
+
+@pytest.fixture
+def one_intra_op_thread():
+    """8 threads each running 2 OpenMP threads on 2 cores thrash; serial and threaded calls both
+    run with one intra-op thread, so that they reduce in the same order."""
+    intra_op = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(intra_op)
+
+
+def _threaded(calls, threads=8):
+    """Run the zero-argument calls from `threads` threads at once; results in call order."""
+    from concurrent.futures import ThreadPoolExecutor
+    barrier = threading.Barrier(threads)
+
+    def run(call):
+        barrier.wait(timeout=60)
+        return call()
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(run, calls))
+
+
+def test_two_upscalers_from_eight_threads_match_serial_calls(tiny, one_intra_op_thread):
+    from ecdp.upscaler import Upscaler
+
+    config = ModelConfig(sigma=0.2, solver="heun", steps=2)
+    upscalers = [Upscaler(tiny, config, engine="fast", seed=seed) for seed in (0, 1)]
+    images = [_inputs(size=8, seed=seed)[0] for seed in range(4)]
+    jobs = [(upscalers[i % 2], images[i % 4]) for i in range(8)]
+    threaded = _threaded([lambda up=up, y=y: up.sample(y) for up, y in jobs])
+    serial = [up.sample(y) for up, y in jobs]
+    for a, b in zip(threaded, serial):
+        assert torch.equal(a, b)
+    assert not torch.equal(serial[0], serial[1])   # the two seeds differ, so a mix-up would show
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_graphed_solves_from_eight_threads_match_serial_calls(tiny, one_intra_op_thread, device):
+    """Two GraphedSolves (the static-buffer loop on the CPU, CUDA graphs on a GPU: two captures
+    under one process-wide lock, replays on private streams) shared by 8 threads."""
+    config = ModelConfig(sigma=0.2)
+    net = copy.deepcopy(tiny).to(device)
+    solves = [GraphedSolve(lambda y, z1, r=fast_resolver(net, config, solver=solver, steps=2): r.latent(y, z1)[0],
+                           max_graphs=2)
+              for solver in ("heun", "dpmpp2m")]
+    jobs = [(solves[i % 2], _inputs(size=(8, 12)[i // 4], seed=i, device=device)) for i in range(8)]
+    def call(solve, inputs):
+        with torch.inference_mode():   # per thread: threads do not inherit it
+            return solve(*inputs)
+
+    threaded = _threaded([lambda job=job: call(*job) for job in jobs])   # the captures race here
+    serial = [call(*job) for job in jobs]
+    for a, b in zip(threaded, serial):
+        assert torch.equal(a, b)
+
+
+@pytest.fixture
+def compile_calls(monkeypatch):
+    """torch.compile replaced by a spy that records what it is given and returns it uncompiled."""
+    calls = []
+
+    def spy(fn, **options):
+        calls.append((fn, options))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", spy)
+    return calls
+
+
+def test_upscaler_compile_reaches_torch_compile_of_the_cached_denoiser(tiny, compile_calls):
+    from ecdp.upscaler import Upscaler
+    upscaler = Upscaler(tiny, ModelConfig(sigma=0.2, steps=1), engine="fast", compile=True)
+    assert [fn for fn, _ in compile_calls] == [tiny.denoiser]
+    assert compile_calls[0][1]["dynamic"] is False
+    assert upscaler.sample(_inputs(size=8)[0]).shape == (1, 3, 32, 32)
+
+
+def test_upscaler_compile_needs_the_fast_engine(tiny):
+    from ecdp.errors import UserError
+    from ecdp.upscaler import Upscaler
+    with pytest.raises(UserError, match="engine='fast'"):
+        Upscaler(tiny, ModelConfig(), engine="reference", compile=True)
+
+
+def test_cli_compile_flag_reaches_torch_compile(tmp_path, compile_calls):
+    import numpy as np
+    from PIL import Image
+
+    from ecdp.cli import main
+    from test_upscaler import save_tiny_model
+    model = save_tiny_model(tmp_path / "model", steps=1)
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(tmp_path / "in.png")
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--checkpoint", str(model),
+                 "--device", "cpu", "--compile"]) == 0
+    assert len(compile_calls) == 1 and (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("grid", ["uniform", "logsnr"])
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dpmpp2m"])
+def test_fused_ode_solve_matches_the_reference_in_float64(tiny, solver, grid):
+    """The fused solve (coefficient table, ode_update per NFE) against ecdp.sampling.solve of the
+    same network in float64: within 5e-5, closer than the fp32 reference itself comes."""
+    config = ModelConfig(sigma=0.2)
+    y, z1 = _inputs(batch=2, size=8)
+    with torch.inference_mode():
+        truth, nfe = SuperResolver(copy.deepcopy(tiny).double(), config, solver=solver, steps=4,
+                                   grid=grid).latent(y.double(), z1.double())
+        resolver = fast_resolver(tiny, config, solver=solver, steps=4, grid=grid, fused_ode=True)
+        fused, fused_nfe = resolver.latent(y, z1)
+    assert resolver.uses_fused(z1) and fused_nfe == nfe
+    assert (fused.double() - truth).abs().max().item() <= 5e-5
+
+
+def test_fused_ode_is_off_by_default_on_the_cpu(tiny):
+    resolver = fast_resolver(tiny, ModelConfig(), solver="heun", steps=2)
+    assert not resolver.uses_fused(torch.zeros(1, 3, 8, 8))
+    assert not fast_resolver(tiny, ModelConfig(), solver="dopri5", fused_ode=True).uses_fused(torch.zeros(1))

@@ -1,6 +1,7 @@
-"""Triton kernels (under the CPU interpreter) against their PyTorch references, and the dispatcher."""
-import importlib
-import os
+"""Triton kernels (under the CPU interpreter) against their PyTorch references, and the dispatcher.
+
+Runs with TRITON_INTERPRET=1 only; tests/conftest.py runs it in a subprocess of its own.
+"""
 import sys
 import time
 
@@ -10,57 +11,29 @@ import torch
 KERNEL_MODULES = ("ecdp.kernels.triton_gn", "ecdp.kernels.triton_ode")
 
 
-def _import_triton_interpreted():
-    """Import Triton with TRITON_INTERPRET=1, so that its own library (tl.sum, ...) is interpreted.
+triton = pytest.importorskip("triton")
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-    The variable is set for the import only; the module fixture sets it again for the tests.
-    """
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        triton = pytest.importorskip("triton")
-    finally:
-        if saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-    from triton.runtime.interpreter import InterpretedFunction
-    if not isinstance(triton.language.sum, InterpretedFunction):
-        raise RuntimeError("Triton was imported before TRITON_INTERPRET=1 was set, so its kernels "
-                           "cannot run on the CPU: run this file with TRITON_INTERPRET=1 or on its own")
-
-
-_import_triton_interpreted()
+if not isinstance(triton.language.sum, InterpretedFunction):
+    raise RuntimeError("this module runs Triton's CPU interpreter: run it with TRITON_INTERPRET=1 set "
+                       "before Python starts (tests/conftest.py does so in a subprocess)")
 
 import ecdp.kernels as kernels  # noqa: E402
 from ecdp import nets  # noqa: E402
-from ecdp.kernels import reference  # noqa: E402
+from ecdp.engine import fused_solve  # noqa: E402
+from ecdp.kernels import layout, reference  # noqa: E402
 from ecdp.sampling import solve  # noqa: E402
 from ecdp.sde import time_grid  # noqa: E402
 from oracle import GaussianOracle  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def triton_interpreter():
-    """Run the Triton kernels on the CPU interpreter for this module only.
-
-    Triton picks interpreter or compiled mode when a kernel is defined, so kernel modules that
-    were already imported are reloaded; the variable is restored afterwards so that other test
-    modules keep the reference on CPU tensors.
-    """
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    for name in KERNEL_MODULES:
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
-    kernels._triton.cache_clear()
+@pytest.fixture(autouse=True)
+def kernels_by_environment():
+    """Every test starts with the dispatch choice of the environment (TRITON_INTERPRET=1)."""
     kernels.set_enabled(None)
     assert kernels.triton_available()
     yield
-    if saved is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = saved
+    kernels.set_enabled(None)
 
 
 @pytest.fixture
@@ -259,31 +232,40 @@ class _SkewedOracle(GaussianOracle):
         return eps + 0.1 * torch.sin(3 * z), z0 - 0.1 * torch.cos(2 * z)
 
 
+@pytest.mark.parametrize("grid", ["uniform", "logsnr"])
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dpmpp2m"])
-def test_ode_coefficients_reproduce_the_samplers(solver):
-    """ode_update with the coefficient builders steps exactly like ecdp.sampling.solve."""
+def test_fused_solve_matches_the_samplers(solver, grid, triton_calls):
+    """The engine's fused solve (Triton ODE update over the coefficient table) against
+    ecdp.sampling.solve in float64, on the skewed oracle: the same steps, to fp32 rounding."""
     steps, t_end, c = 4, 1e-3, 0.7
     denoiser = _SkewedOracle()
     z1 = _randn(2, 3, 4, 4, seed=5, dtype=torch.float64)
-    expected, _ = solve(denoiser, z1, None, solver=solver, steps=steps, c=c, t_end=t_end)
-    ts = time_grid(steps, t_end=t_end)
-    z, x0_prev = z1.float(), None
-    for i in range(steps):
-        t, s = ts[i].expand(2), ts[i + 1].expand(2)
-        if solver == "dpmpp2m":
-            # first order on the first and the last step, as ecdp.sampling does
-            t_prev = None if i in (0, steps - 1) else ts[i - 1].expand(2)
-            coef = kernels.dpmpp2m_coef(t, s, t_prev, c=c)
-            z, x0_prev = kernels.ode_update(z, *denoiser(z, t.float()), coef, acc=x0_prev, write_acc=True)
-            continue
-        stages = [(t, kernels.euler_coef(t, s, c=c))] if solver == "euler" else kernels.rk_coefs(t, s, solver, c=c)
-        z_stage, acc = z, None
-        for j, (t_j, coef) in enumerate(stages):
-            last = j == len(stages) - 1
-            z_stage, acc = kernels.ode_update(z_stage, *denoiser(z_stage, t_j.float()), coef, base=z, acc=acc,
-                                              write_acc=not last)
-        z = z_stage
-    torch.testing.assert_close(z.double(), expected, atol=2e-4, rtol=2e-4)
+    expected, _ = solve(denoiser, z1, None, solver=solver, steps=steps, c=c, t_end=t_end, grid=grid)
+    ts = time_grid(steps, t_end=t_end, spacing=grid)
+    stages, t, coef = kernels.solver_table(solver, ts, c=c)
+    got = fused_solve(denoiser, z1.float(), None, (stages, t.float(), coef))
+    assert triton_calls == ["ode_update"] * len(stages)
+    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tile", [None, 32], ids=["fused", "split"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_group_norm_silu_offset64_variant(tile, channels_last, monkeypatch):
+    """The 64-bit offset variants (taken past int32 within a sample) compute the same values."""
+    monkeypatch.setattr(layout, "INT32_MAX", 0)
+    assert layout.needs_offset64(torch.zeros(1, 2, 2, 2))
+    _check_gn((2, 24, 9, 3, 6), torch.bfloat16, channels_last, True, "other", True, tile=tile, max_splits=2)
+
+
+def test_ode_update_offset64_variant(monkeypatch):
+    monkeypatch.setattr(layout, "INT32_MAX", 0)
+    coef = kernels.dpmpp2m_coef(T, S_NEXT, T_PREV)
+    z, head, x0_prev = (_randn(B_ODE, 3, 4, 4, seed=s) for s in (1, 2, 3))
+    head = torch.cat([head, head.flip(1)], dim=1).to(memory_format=torch.channels_last)
+    expected = reference.ode_update(z, head[:, :3], head[:, 3:], coef, acc=x0_prev, write_acc=True)
+    got = kernels.ode_update(z, head[:, :3], head[:, 3:], coef, acc=x0_prev, write_acc=True)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-5 * e.abs().max().item(), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ def add_parser(subparsers):
     p.add_argument("--checkpoint", metavar="PATH", default="default",
                    help="model folder (model.safetensors and config.json); default: the built-in model")
     add_sampler_arguments(p)
+    p.add_argument("--compile", action="store_true", help="run the fast engine's network through torch.compile")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--tile", type=positive_int, metavar="PX",
                    help="sample large images in overlapping tiles of PX LR pixels (bounds memory; images "
@@ -129,7 +130,8 @@ def _check_distinct(inputs, paths):
 def _upscaler(args, device):
     from ecdp.upscaler import Upscaler
 
-    return Upscaler.from_pretrained(args.checkpoint, device=device, tile=args.tile, **sampler_options(args))
+    return Upscaler.from_pretrained(args.checkpoint, device=device, tile=args.tile, compile=args.compile,
+                                    **sampler_options(args))
 
 
 def _quality(text):

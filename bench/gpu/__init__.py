@@ -1,0 +1,1 @@
+"""The device command (bench/gpu/run.sh) and its report."""

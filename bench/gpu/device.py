@@ -1,0 +1,290 @@
+"""The device command's body: correctness, kernels and end to end on one GPU, one report.
+
+    bash bench/gpu/run.sh OUT [--quick]      (sets up the import path, then runs this module)
+
+Sections, each in a time budget (the whole run stays under 8 minutes; a part that would not fit
+is recorded as skipped, never silently dropped), each failure recorded and the run continued:
+
+1. correctness: the CUDA tests (``pytest tests/test_cuda.py tests/test_engine.py -k cuda``: capture
+   and replay of every fixed-step solver, bf16 parity, threads, Triton against the reference at
+   the paper model's GroupNorm sites), JUnit XML in OUT/pytest.xml;
+2. kernels: ``bench/gpu_kernels.py``'s GroupNorm + SiLU (Triton, eager, torch.compile, the
+   project's reference; GB/s and fraction of a copy measured in the same run) at the paper
+   model's levels, bf16, batch 1 and 8, and its ODE update (fp32 state, the engine's) likewise;
+3. end to end, (y, z1) -> x, ms per image and peak memory: the paper preset (random weights) at
+   64 -> 256 and the built-in model at 64 -> 256 and 256 -> 1024, batch 1 and 8; the reference
+   (fp32 dopri5 at tol 1e-3 with its NFE, and Heun 3 on the log-SNR grid) and the fast engine
+   (bf16, Heun 3 log-SNR): eager; CUDA graph; graph with the Triton kernels off; graph with the
+   fused ODE update off; graph + torch.compile. PSNR of each fast output against the fp32
+   Heun 3 reference from the same noise.
+
+--quick: the same code on the CPU at tiny sizes (the tiny preset in place of the paper preset,
+LR 8), no torch.compile, in seconds; so the GPU run cannot fail on a typo.
+"""
+import argparse
+import contextlib
+import json
+import platform
+import subprocess
+import sys
+import time
+import traceback
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import torch
+
+BUDGET_S = 450                      # the sections' share of the 8 minutes (start-up and copies aside)
+COMPILE_RESERVE_S = 90              # what one torch.compile of a network may take
+GPU_CASES = [("paper", 64, 8), ("paper", 64, 1), ("default", 64, 1), ("default", 64, 8),
+             ("default", 256, 1), ("default", 256, 8)]   # the acceptance cases first
+QUICK_CASES = [("tiny", 8, 1), ("default", 8, 2)]
+FAST = {   # name: (CUDA graph, Triton kernels, fused ODE update, torch.compile)
+    "eager": (False, True, True, False),
+    "graph": (True, True, True, False),
+    "graph, triton off": (True, False, True, False),
+    "graph, fused ODE off": (True, True, False, False),
+    "graph + compile": (True, True, True, True),
+}
+SOLVER = dict(solver="heun", steps=3, grid="logsnr")
+
+
+class Budget:
+    def __init__(self, seconds):
+        self.end = time.monotonic() + seconds
+
+    def left(self):
+        return self.end - time.monotonic()
+
+
+def environment():
+    info = dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
+                device=torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor())
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        info["driver"] = subprocess.check_output(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], text=True).strip()
+    return info
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. correctness
+
+def correctness(out, quick):
+    """The CUDA tests in a pytest subprocess; counts from its JUnit XML."""
+    xml = out / "pytest.xml"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
+               "tests/test_engine.py", "-k", "cuda", f"--junitxml={xml}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    print(result.stdout[-3000:], result.stderr[-2000:], sep="\n")
+    suite = ET.parse(xml).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    failed = [case.get("name") for case in suite.iter("testcase")
+              if case.find("failure") is not None or case.find("error") is not None]
+    return dict(**counts, failed=failed, returncode=result.returncode,
+                passed=result.returncode == 0 and (quick or counts["skipped"] == 0))
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. kernels
+
+def _dispatcher_kernels():
+    """The dispatcher in the launchers' place (the --quick run: PyTorch fallback on the CPU)."""
+    import ecdp.kernels as kernels
+
+    def group_norm_silu(x, weight, bias, groups, out=None, **adds):
+        y = kernels.group_norm_silu(x, weight, bias, groups, **adds)
+        return y if out is None else out.copy_(y)
+
+    return types.SimpleNamespace(group_norm_silu=group_norm_silu), kernels
+
+
+def kernel_section(quick):
+    from bench import gpu_kernels
+    from ecdp.kernels import reference
+
+    if quick:
+        gn, ode = _dispatcher_kernels()
+    else:
+        from ecdp.kernels import triton_gn as gn, triton_ode as ode
+    import ecdp.kernels as kernels
+    gn_args = argparse.Namespace(dtypes=["bf16"], batches=[1, 8], channels_last=False, no_compile=quick,
+                                 warmup=2 if quick else 10, reps=2 if quick else 20, quick=quick)
+    ode_args = argparse.Namespace(**{**vars(gn_args), "dtypes": ["fp32"]})
+    return dict(group_norm_silu=gpu_kernels.bench_group_norm(gn_args, gn, reference),
+                ode_update=gpu_kernels.bench_ode(ode_args, kernels, ode, reference))
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. end to end
+
+def _time(fn, warmup, reps):
+    from bench.gpu_kernels import cuda_time_ms
+    return cuda_time_ms(fn, warmup, reps)
+
+
+def _psnr(a, b):
+    mse = (a.double() - b.double()).square().mean().item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def _measure(run, batch, warmup, reps):
+    """(x, ms per image, peak MB) of run() -> x."""
+    from bench.harness import DEVICE, PeakMemory
+    meter = PeakMemory(DEVICE)
+    meter.reset()
+    x = run()
+    ms = _time(run, warmup, reps)
+    return x, ms / batch, meter.peak_mb()
+
+
+def _resolvers(net, config, name):
+    from ecdp.engine import GraphedSolve, fast_resolver
+    graph, _, fused, compiled = FAST[name]
+    on_gpu = torch.cuda.is_available()
+    resolver = fast_resolver(net, config, dtype=torch.bfloat16 if on_gpu else None, fused_ode=fused,
+                             compile_mode="default" if compiled else None, **SOLVER)
+    latent = GraphedSolve(lambda y, z1: resolver.latent(y, z1)[0]) if graph else (lambda y, z1: resolver.latent(y, z1)[0])
+    return resolver, latent
+
+
+def end_to_end_case(model, lr, batch, quick, budget):
+    """Rows for one (model, LR size, batch): the references, then each fast configuration."""
+    import ecdp.kernels as kernels
+    from bench.harness import Case, inputs, load
+    from ecdp.pipeline import SuperResolver
+
+    net, config, description = load(model)
+    y, z1 = inputs(Case(model, lr, batch), config.scale)
+    warmup, reps = (1, 1) if quick else (2, 5)
+    rows = []
+    base = dict(model=model, description=description, lr=lr, hr=lr * config.scale, batch=batch)
+    with torch.inference_mode():
+        dopri = SuperResolver(net, config, solver="dopri5", atol=1e-3, rtol=1e-3)
+        nfe = {}
+
+        def run_dopri():
+            x, nfe["n"] = dopri.run(y, z1)
+            return x
+
+        _, ms, peak = _measure(run_dopri, batch, 0 if quick else 1, 1)
+        rows.append(dict(base, config="reference fp32, dopri5 1e-3", nfe=nfe["n"], ms_per_image=ms, peak_mb=peak))
+        heun = SuperResolver(net, config, **SOLVER)
+        reference_x, ms, peak = _measure(lambda: heun(y, z1), batch, warmup, reps)
+        rows.append(dict(base, config="reference fp32, heun 3 logsnr", nfe=6, ms_per_image=ms, peak_mb=peak))
+        for name, (_, triton_on, _, compiled) in FAST.items():
+            row = dict(base, config=f"fast bf16, {name}" if torch.cuda.is_available() else f"fast, {name}", nfe=6)
+            if compiled and quick:
+                rows.append(dict(row, skipped="torch.compile is not run in --quick"))
+                continue
+            if budget.left() < (COMPILE_RESERVE_S if compiled else 10):
+                rows.append(dict(row, skipped=f"time budget ({budget.left():.0f} s left)"))
+                continue
+            kernels.set_enabled(triton_on)
+            try:
+                resolver, latent = _resolvers(net, config, name)
+                x, ms, peak = _measure(lambda: resolver.image(y, latent(y, z1)), batch, warmup, reps)
+            finally:
+                kernels.set_enabled(None)
+            rows.append(dict(row, ms_per_image=ms, ms_per_nfe_per_image=ms / 6, peak_mb=peak,
+                             psnr_vs_reference=_psnr(x, reference_x)))
+    return rows
+
+
+def end_to_end(quick, budget):
+    rows = []
+    for model, lr, batch in QUICK_CASES if quick else GPU_CASES:
+        if budget.left() < 15:
+            rows.append(dict(model=model, lr=lr, batch=batch, skipped=f"time budget ({budget.left():.0f} s left)"))
+            continue
+        try:
+            rows += end_to_end_case(model, lr, batch, quick, budget)
+        except Exception:   # one case's failure is reported, the other cases still run
+            rows.append(dict(model=model, lr=lr, batch=batch, error=traceback.format_exc(limit=4)))
+        torch._dynamo.reset()
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# the report
+
+def markdown(report):
+    from bench.gpu_kernels import markdown as table
+    env = report["environment"]
+    lines = [f"# Device report: {env.get('device')}", "",
+             f"torch {env['torch']} (CUDA {env.get('cuda')}), Triton {env.get('triton')}, driver "
+             f"{env.get('driver')}, Python {env['python']}; {report['seconds']:.0f} s"
+             + (" (--quick)" if report["quick"] else ""), ""]
+    for name, section in report["sections"].items():
+        lines.append(f"## {name}\n")
+        if "error" in section:
+            lines += ["```", section["error"], "```", ""]
+            continue
+        value = section["value"]
+        if name == "correctness":
+            lines.append(table([value], ["passed", "tests", "failures", "errors", "skipped", "failed"]))
+        elif name == "kernels":
+            lines.append(table(value["group_norm_silu"],
+                               ["dtype", "batch", "channels", "height", "layout", "pass_plain", "pass_adds",
+                                "copy_gbs", "triton_us", "triton_gbs", "triton_of_copy", "eager_of_copy",
+                                "compile_us", "compile_of_copy", "reference_us"]))
+            lines.append("")
+            lines.append(table(value["ode_update"], ["use", "dtype", "batch", "passed", "error", "copy_gbs",
+                                                     "fused_us", "fused_gbs", "fused_of_copy", "eager_us",
+                                                     "compile_us", "compile_of_copy"]))
+        else:
+            lines.append(table(value, ["model", "lr", "hr", "batch", "config", "nfe", "ms_per_image",
+                                       "ms_per_nfe_per_image", "peak_mb", "psnr_vs_reference", "skipped",
+                                       "error"]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def passed(report):
+    sections = report["sections"]
+    if any("error" in s for s in sections.values()):
+        return False
+    kernels = sections["kernels"]["value"]
+    return (sections["correctness"]["value"]["passed"]
+            and all(r["pass_plain"] and r["pass_adds"] for r in kernels["group_norm_silu"])
+            and all(r["passed"] for r in kernels["ode_update"])
+            and not any("error" in r for r in sections["end to end"]["value"]))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder for report.json, report.md and pytest.xml")
+    parser.add_argument("--quick", action="store_true", help="the rehearsal: CPU, tiny sizes, seconds")
+    args = parser.parse_args(argv)
+    if not args.quick and not torch.cuda.is_available():
+        print("no CUDA device: run with --quick for the CPU rehearsal", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    start, budget = time.monotonic(), Budget(BUDGET_S)
+    report = dict(quick=args.quick, environment=environment(), sections={})
+    sections = [("correctness", lambda: correctness(args.out, args.quick)),
+                ("kernels", lambda: kernel_section(args.quick)),
+                ("end to end", lambda: end_to_end(args.quick, budget))]
+    for name, section in sections:
+        print(f"== {name} ({budget.left():.0f} s of the budget left)", flush=True)
+        try:
+            report["sections"][name] = dict(value=section())
+        except Exception:
+            report["sections"][name] = dict(error=traceback.format_exc(limit=6))
+            print(report["sections"][name]["error"], file=sys.stderr)
+    report["seconds"] = time.monotonic() - start
+    report["passed"] = passed(report)
+    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    (args.out / "report.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
