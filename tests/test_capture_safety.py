@@ -122,14 +122,14 @@ def test_guard_fails_on_a_planted_fault(meta_net, monkeypatch, fault):
     import ecdp.engine as engine
     solve = engine.fused_solve
 
-    def faulty(denoiser, z1, cond, table):
+    def faulty(denoiser, z1, cond, table, callback=None):
         if fault == "host_copy":
             z1 = z1 * torch.as_tensor(1.0, device=z1.device)   # a CPU scalar copied to the device
         elif fault == "item":
             z1 = z1 * table[1][0].item()
         else:
             z1 = z1 + (table[1] > 0.5).nonzero().shape[0]
-        return solve(denoiser, z1, cond, table)
+        return solve(denoiser, z1, cond, table, callback)
 
     monkeypatch.setattr(engine, "fused_solve", faulty)
     with pytest.raises(CaptureUnsafe):
