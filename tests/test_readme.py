@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,8 @@ def test_shell_commands_skip_installs_and_join_lines():
 
 @pytest.mark.slow
 def test_readme_examples_run_as_pasted(tmp_path):
-    """Run each runnable block in README order in one folder, as a user pasting them would."""
+    """Run each runnable block in README order in one folder, as a user pasting them would (with -s it
+    prints each command's time: a transcript)."""
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ran = 0
@@ -70,8 +72,10 @@ def test_readme_examples_run_as_pasted(tmp_path):
         else:
             runs = [["bash", "-e", "-c", command] for command in shell_commands(code)]
         for args in runs:
+            start = time.monotonic()
             result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
             assert result.returncode == 0, (f"README line {line}: {args[-1][:200]!r} exited {result.returncode}\n"
                                             f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+            print(f"{time.monotonic() - start:7.1f} s  README line {line}: {args[-1].splitlines()[0][:110]}")
             ran += 1
     assert ran >= 10
