@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,25 +16,11 @@ from ecdp.cli import main
 from ecdp.export import cli as export_cli
 from ecdp.export import onnx_export
 from test_data import truncated_jpeg, write_images
-from test_fileio import dead_pid
-from test_train import BASE, TINY, tensors
+from test_fileio import dead_pid, read_only  # noqa: F401 (fixture)
+from test_train import BASE, TINY, images, one_thread, tensors  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).parent.parent
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    write_images(folder, [(48, 40), (40, 56), (64, 48)])
-    return folder
 
 
 def train(images, out, *overrides, resume=False):
@@ -247,22 +232,6 @@ def test_truncated_jpeg_with_loader_workers_gives_the_same_run(with_truncated_jp
 
 
 # --- output locations ----------------------------------------------------------------------------
-
-@pytest.fixture
-def read_only(tmp_path):
-    """A folder without write permission (skips where this process may write there anyway, as root may)."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except PermissionError:
-        yield folder
-    else:
-        pytest.skip("this process writes into read-only folders (root)")
-    finally:
-        folder.chmod(0o755)
-
 
 def test_out_in_a_read_only_folder(images, read_only, capsys):
     assert train(images, read_only / "run", "train.steps=2") == 1
