@@ -25,35 +25,46 @@ def set_quiet(quiet: bool) -> None:
     _quiet = bool(quiet)
 
 
-def progress(total: int | None = None, *, desc: str, unit: str = "it", disable: bool = False):
-    """A progress counter with ``update(n=1)`` and ``close()``, usable as a context manager.
+def progress(total: int | None = None, *, desc: str, unit: str = "it", disable: bool = False, initial: int = 0,
+             every: int = 1):
+    """A progress counter with ``update(n=1)``, ``set_postfix(**values)`` and ``close()``, usable as a
+    context manager.
 
-    total: the number of items, or None when unknown. On a terminal it is a tqdm bar on stderr;
-    elsewhere it prints one line per finished item; with disable (e.g. on all ranks but the
-    first) or under ``set_quiet(True)``, nothing.
+    total: the number of items, or None when unknown; initial: those already done (a resumed run).
+    On a terminal it is a tqdm bar on stderr; elsewhere it prints a line after every ``every``
+    items and after the last; with disable (e.g. on all ranks but the first) or under
+    ``set_quiet(True)``, nothing.
     """
     if _quiet or disable:
         return tqdm(total=total, disable=True)
     if sys.stderr.isatty():
-        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
-    return LineProgress(total, desc=desc, unit=unit)
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+    return LineProgress(total, desc=desc, unit=unit, initial=initial, every=every)
 
 
 class LineProgress:
-    """One stderr line per finished item: count, elapsed seconds and, with a total, the time left."""
+    """Lines on stderr as items finish: count, the postfix values, elapsed seconds and, with a total,
+    the time left."""
 
-    def __init__(self, total: int | None, *, desc: str, unit: str):
-        self.total, self.desc, self.unit = total, desc, unit
-        self.n, self.start = 0, time.monotonic()
+    def __init__(self, total: int | None, *, desc: str, unit: str, initial: int = 0, every: int = 1):
+        self.total, self.desc, self.unit, self.every = total, desc, unit, max(1, every)
+        self.n = self.initial = initial
+        self.start, self.postfix = time.monotonic(), ""
 
     def update(self, n: int = 1) -> None:
         self.n += n
+        if self.n % self.every and self.n != self.total:
+            return
         elapsed = time.monotonic() - self.start
         count = f"{self.unit} {self.n} of {self.total}" if self.total else f"{self.unit} {self.n}"
         left = ""
         if self.total and self.n < self.total:
-            left = f", about {elapsed / self.n * (self.total - self.n):.0f} s left"
-        print(f"{self.desc}: {count} done, {elapsed:.0f} s{left}", file=sys.stderr, flush=True)
+            left = f", about {elapsed / (self.n - self.initial) * (self.total - self.n):.0f} s left"
+        print(f"{self.desc}: {count} done{self.postfix}, {elapsed:.0f} s{left}", file=sys.stderr, flush=True)
+
+    def set_postfix(self, **values) -> None:
+        """Values shown on the following lines, as tqdm shows them beside its bar."""
+        self.postfix = "".join(f", {key} {value}" for key, value in values.items())
 
     def close(self) -> None:
         pass

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ecdp import console
 from ecdp.checkpoints import (CHECKPOINTS, latest_checkpoint, remove_checkpoint, resume_point,
                               save_checkpoint)
 from ecdp.config import resume_changes
@@ -193,8 +194,8 @@ class Trainer:
         deadline = time.monotonic() + 60 * self.settings.minutes if self.settings.minutes else None
         last = self.step >= self.settings.steps
         self.bad_step = torch.zeros((), dtype=torch.long, device=self.process.device)
-        with tqdm(total=self.settings.steps, initial=self.step, desc=self.stage, disable=not self.process.is_main,
-                  dynamic_ncols=True) as bar:
+        with console.progress(self.settings.steps, initial=self.step, desc=self.stage, unit="step",
+                              every=self.settings.log_every, disable=not self.process.is_main) as bar:
             while not last:
                 loss = self._train_step(next(batches))
                 self.step += 1
@@ -202,13 +203,13 @@ class Trainer:
                 self.bad_step = torch.where((self.bad_step == 0) & ~loss.isfinite(), self.step, self.bad_step)
                 last = self.step >= self.settings.steps or (self._due(self.settings.log_every)
                                                             and self._time_is_up(deadline))
-                bar.update()
                 log.add(loss)
                 save = self._due(self.settings.checkpoint_every) or last
                 if self._due(self.settings.log_every) or save:
                     self._stop_if_diverged(weights=save)
                 if self._due(self.settings.log_every) or last:
                     bar.set_postfix(loss=f"{log.write(self.step, self._lr()):.4g}")
+                bar.update()
                 if self.process.world > 1 and self._due(self.settings.check_sync_every):
                     check_sync(self.net, self.step)
                 if save:

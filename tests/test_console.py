@@ -96,3 +96,17 @@ def test_missing_export_extra_is_one_sentence(tmp_path, capsys, monkeypatch, tar
     assert lines == [f'ecdp-export: error: {target} needs the export extra, and onnx is not installed: '
                      'run pip install -e ".[export]" in the ecdp folder.']
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_off_a_terminal_logs_a_line_per_logging_interval(tmp_path, capsys):
+    from ecdp.cli import main
+    from test_data import write_images
+    from test_train import BASE, TINY
+
+    write_images(tmp_path / "images", [(48, 40), (40, 56)])
+    settings = [*BASE, "train.log_every=2", "train.steps=4"]
+    assert main(["train", "--config", TINY, "--data", str(tmp_path / "images"), "--out", str(tmp_path / "run"),
+                 "--device", "cpu", "--set", *settings]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("score: ")]
+    assert [line.split(", loss")[0] for line in lines] == ["score: step 2 of 4 done", "score: step 4 of 4 done"]
+    assert all(float(line.split(", loss ")[1].split(",")[0]) > 0 for line in lines)
