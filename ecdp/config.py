@@ -90,8 +90,9 @@ RESUMABLE = ("train.steps", "train.minutes", "train.lr", "train.encoder_lr", "tr
              "data.cache_mb")
 """Keys a resumed run may change (with the same names in encoder_stage and quality_stage, and every
 sample.* key): the learning-rate schedule, when to stop, how often to log and checkpoint, how the
-data are loaded, how fast the step runs (amp, channels_last, compile), and the sampler stored in the exported model. Every other key changes the model,
-its objective or the data order, and a resumed run refuses a change of it."""
+data are loaded, how fast the step runs (amp, channels_last, compile: float rounding only), and the
+sampler stored in the exported model. Every other key changes the model, its objective or the data
+order, and a resumed run refuses a change of it."""
 
 
 @dataclass
