@@ -190,12 +190,20 @@ def test_training_step_reads_nothing_on_the_host(images, straight, tmp_path, sta
 
 
 @pytest.mark.slow
-def test_compiled_loss_module_trains_like_the_eager_one(images, straight, tmp_path):
-    run(images, tmp_path, "score", "train.steps=4", "train.compile=true")
-    losses = [float(r[1]) for r in list(csv.reader((tmp_path / "log.csv").open()))[1:]]
-    expected = [float(r[1]) for r in list(csv.reader((straight / "log.csv").open()))[1:]]
-    assert losses == pytest.approx(expected, rel=1e-4)
-    a, b = tensors(straight, 4), tensors(tmp_path, 4)
+@pytest.mark.parametrize("stage", ["score", "quality"])
+def test_compiled_loss_module_trains_like_the_eager_one(images, straight, tmp_path, stage):
+    overrides = ["train.steps=4"] if stage == "score" else [
+        f"train.init={straight / 'model'}", "quality_stage.steps=2", "quality_stage.feature=pixel",
+        "quality_stage.ode_steps=2"]
+    eager = straight if stage == "score" else tmp_path / "eager"
+    if stage == "quality":
+        run(images, eager, stage, *overrides)
+    run(images, tmp_path / "compiled", stage, *overrides, "train.compile=true")
+    logs = [[float(row[1]) for row in list(csv.reader((out / "log.csv").open()))[1:]]
+            for out in (eager, tmp_path / "compiled")]
+    assert len(logs[0]) > 1 and logs[1] == pytest.approx(logs[0], rel=1e-4)
+    steps = 4 if stage == "score" else 2
+    a, b = tensors(eager, steps), tensors(tmp_path / "compiled", steps)
     assert a["model"].keys() == b["model"].keys()
     assert max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"]) <= 1e-4
 
