@@ -1,57 +1,56 @@
-"""One training step (ecdp.train.DiffusionLoss, backward, Adam; bf16 autocast on GPU): score
-matching (eq. 16, encoder included), and fine-tuning with the quality loss (eq. 19, weight 0.5,
-pixel feature map) through a heun solve by the discrete adjoint."""
-import contextlib
-
+"""Training steps per second: ecdp.train.Trainer's step (loss, backward, clipping, Adam, EMA; bf16
+autocast on GPU) on a batch already loaded, for the tiny and small presets: score matching (eq. 16,
+encoder included), and the quality stage (eq. 19, pixel feature map) through a heun solve by the
+discrete adjoint. Each case runs with today's settings and with the speed keys (train.channels_last,
+and train.compile on a GPU), in the same run; steps/s is images/s divided by the batch."""
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from bench.harness import CUDA, DEVICE, Case, dtype_name, measure, shape_text, trainable
+from bench.harness import CUDA, DEVICE, dtype_name, measure, random_model
 from bench.roofline import work
-from ecdp.features import feature_map
-from ecdp.resize import downscale
-from ecdp.train import DiffusionLoss
+from ecdp.config import load_config
+from ecdp.modelfile import ModelConfig, save_model
+from ecdp.train import Process, Trainer
 
+PRESETS = ["tiny", "small"]
+CROP, BATCH = (128, 32) if CUDA else (32, 2)   # HR crops: configs/small_x4.yaml on a GPU
+QUALITY_STEPS = 3 if CUDA else 2
+SPEED_KEYS = {"today": [], "channels_last": ["train.channels_last=true"]}
 if CUDA:
-    SCORE, QUALITY = Case("paper", 40, 16), Case("paper", 40, 4)   # HR 160x160 crops, as in training
-else:
-    SCORE, QUALITY = Case("default", 16, 4), Case("default", 16, 1)
-QUALITY_STEPS = 10 if CUDA else 4
-T_EPS = 1e-5
-LR = 1e-4
-QUALITY_WEIGHT = 0.5
+    SPEED_KEYS["channels_last+compile"] = ["train.channels_last=true", "train.compile=true"]
+ROUNDS, WARMUP = (20, 3) if CUDA else (1, 1)   # the warm-up steps include torch.compile's compilation
 
 
-@pytest.mark.parametrize("loss", ["score_matching", "quality_adjoint"])
-def test_training_step(benchmark, models, loss):
-    case = SCORE if loss == "score_matching" else QUALITY
-    net, config, model = models(case.model)
-    net = trainable(net)
-    options = dict(scale=config.scale, sigma=config.sigma, t_eps=T_EPS)
-    nfe = 0
-    if loss == "quality_adjoint":
-        nfe = 2 * QUALITY_STEPS
-        options.update(feature=feature_map("pixel"), weight=QUALITY_WEIGHT,
-                       quality_options=dict(solver="heun", steps=QUALITY_STEPS, adjoint=True))
-    objective = DiffusionLoss(net, **options)
-    optimizer = torch.optim.Adam(net.parameters(), lr=LR)
-    generator = torch.Generator(DEVICE).manual_seed(0)
-    x = torch.rand(case.batch, 3, case.lr * config.scale, case.lr * config.scale, generator=generator,
-                   device=DEVICE)
-    y = downscale(x, config.scale)
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Four smooth random 8-bit photos."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        small = Image.fromarray(rng.integers(0, 256, (2 * CROP // 8, 2 * CROP // 8, 3), dtype=np.uint8))
+        small.resize((2 * CROP, 2 * CROP), Image.BICUBIC).save(folder / f"{i}.png")
+    return folder
 
-    def step():
-        with autocast():
-            value = objective(y, x, generator)
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        optimizer.step()
 
-    measure(benchmark, step, rounds=case.rounds, batch=case.batch, model=model, path=loss,
-            dtype="bf16 autocast" if CUDA else dtype_name(torch.float32), shape=shape_text(y.shape, x.shape),
+@pytest.mark.parametrize("speed", SPEED_KEYS)
+@pytest.mark.parametrize("stage", ["score", "quality"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_training_steps(benchmark, images, tmp_path, preset, stage, speed):
+    net, _ = random_model(preset)
+    init = tmp_path / "init"
+    save_model(init, net, ModelConfig(net=net.config, sigma=0.1))
+    config = load_config(None, [
+        f"model.preset={preset}", "model.sigma=0.1", f"data.hr=[{images}]", f"data.crop={CROP}", "data.workers=0",
+        f"train.batch={BATCH}", f"train.init={init}", "quality_stage.feature=pixel", "quality_stage.solver=heun",
+        f"quality_stage.ode_steps={QUALITY_STEPS}", *SPEED_KEYS[speed]])
+    trainer = Trainer(config, stage, tmp_path / "out", Process(0, 1, DEVICE), resume=False)
+    batch = next(iter(trainer._loader()))
+    nfe = 2 * QUALITY_STEPS if stage == "quality" else 0
+    measure(benchmark, lambda: trainer._train_step(batch), rounds=ROUNDS, warmup=WARMUP, batch=BATCH,
+            model=f"{preset} preset, random weights", path=f"{stage} stage, {speed}",
+            dtype="bf16 autocast" if CUDA else dtype_name(torch.float32), shape=f"{BATCH}x3x{CROP}x{CROP} HR",
             nfe=nfe or None, solver=f"heun {QUALITY_STEPS} steps, adjoint" if nfe else None,
-            flops=work(config.net, case.lr, config.scale).training_flops(case.batch, nfe))
-
-
-def autocast():
-    return torch.autocast("cuda", dtype=torch.bfloat16) if CUDA else contextlib.nullcontext()
+            flops=work(net.config, CROP // 4, 4).training_flops(BATCH, nfe))
+    benchmark.extra_info["steps_per_s"] = benchmark.extra_info["images_per_s"] / BATCH

@@ -7,18 +7,27 @@
 #
 # OUT/encoder: the L1-pretrained encoder; OUT/<param>-score/model: score matching only;
 # OUT/<param>/model: after the quality stage (OUT/hybrid/model is the default model); OUT/*.log.
-# CONFIG=FILE replaces configs/default_x4.yaml.
+# CONFIG=FILE replaces configs/default_x4.yaml (configs/small_x4.yaml: the small model, one GPU call);
+# SET="KEY=VALUE ..." is added to every stage's --set. Without an installed ecdp command (a bare GPU
+# machine), the package runs from this checkout as bench/gpu/site.sh makes it importable.
 set -euo pipefail
 data=$1 out=$2
 shift 2
 params=("${@:-hybrid}")
-config=${CONFIG:-$(dirname "$0")/default_x4.yaml}
+root=$(cd "$(dirname "$0")/.." && pwd)
+config=${CONFIG:-$root/configs/default_x4.yaml}
 mkdir -p "$out"
+if ! command -v ecdp > /dev/null; then
+    source "$root/bench/gpu/site.sh" "$root"
+    ecdp() { python3 -m ecdp "$@"; }
+fi
 
 train() {  # train NAME ARGS...: one ecdp train run into OUT/NAME, its output in OUT/NAME.log
     local name=$1
     shift
-    ecdp train --config "$config" --data "$data" --out "$out/$name" "$@" > "$out/$name.log" 2>&1
+    # shellcheck disable=SC2086  # SET is split into its KEY=VALUE words
+    ecdp train --config "$config" --data "$data" --out "$out/$name" "$@" ${SET:+--set $SET} > "$out/$name.log" 2>&1 ||
+        { echo "stage $name failed; the end of $out/$name.log:" >&2; tail -n 20 "$out/$name.log" >&2; return 1; }
 }
 
 side_by_side() {  # side_by_side STAGE: the stage for every parametrization at once; fails if one fails

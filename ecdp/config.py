@@ -86,11 +86,13 @@ RANGES = {
 
 RESUMABLE = ("train.steps", "train.minutes", "train.lr", "train.encoder_lr", "train.warmup", "train.decay_steps",
              "train.gamma", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-             "train.check_sync_every", "train.amp", "data.workers", "data.cache_mb")
+             "train.check_sync_every", "train.amp", "train.channels_last", "train.compile", "data.workers",
+             "data.cache_mb")
 """Keys a resumed run may change (with the same names in encoder_stage and quality_stage, and every
 sample.* key): the learning-rate schedule, when to stop, how often to log and checkpoint, how the
-data are loaded, and the sampler stored in the exported model. Every other key changes the model,
-its objective or the data order, and a resumed run refuses a change of it."""
+data are loaded, how fast the step runs (amp, channels_last, compile: float rounding only), and the
+sampler stored in the exported model. Every other key changes the model, its objective or the data
+order, and a resumed run refuses a change of it."""
 
 
 @dataclass
@@ -176,6 +178,12 @@ class TrainSection:
     """Encoder-stage output (its OUT folder or OUT/encoder.safetensors) that initializes the encoder."""
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
+    channels_last: bool = False
+    """Keep the weights, the images and the optimizer state in channels_last memory format (NHWC), which
+    the convolutions of cuDNN under bf16 prefer; the loss is the same up to float rounding."""
+    compile: bool = False
+    """Run the loss module (network and loss, forward and backward) through torch.compile; the first
+    steps take longer while it compiles (seconds to minutes)."""
     check_sync_every: int = 0
     """With several processes, compare a checksum of the weights across processes every this many
     steps and stop if they differ; 0 never."""

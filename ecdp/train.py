@@ -11,6 +11,13 @@ see ecdp.checkpoints) holds the weights, EMA, optimizer and torch RNG states; al
 is derived from (seed, step, rank) and (seed, epoch, index), so a resumed run continues exactly.
 Under ``torchrun`` the loss module runs in DistributedDataParallel and rank 0 alone writes files.
 
+Speed: bf16 autocast (train.amp), channels_last memory format (train.channels_last) and torch.compile
+of the loss module (train.compile, around DDP) change the results only by float rounding. The step
+reads nothing back from the device and copies nothing to it but the batch: the loop synchronizes
+only every log_every steps (loss, divergence and time checks). The step is not captured in a CUDA
+graph: its noise comes from a generator seeded per step, Adam's learning rate and step count live
+on the host, and DDP and the adjoint's backward launch work that a capture would freeze.
+
 Nothing is lost or half written: OUT is checked before any work; a resumed run starts from the
 newest intact checkpoint and refuses config changes that would alter the model or the data order
 (ecdp.config.resume_changes); a non-finite loss or weight stops the run before it is saved; events
@@ -48,7 +55,7 @@ from ecdp.fileio import atomic_path, check_writable, os_errors, remove_stale_tem
 from ecdp.losses import quality_loss, score_matching_loss
 from ecdp.modelfile import ModelConfig, load_model, save_model
 from ecdp.nets import PRESETS, RRDBEncoder, build
-from ecdp.resize import upscale
+from ecdp.resize import resize_matrix
 
 ENCODER_FILE = "encoder.safetensors"
 LOG = "log.csv"
@@ -76,14 +83,14 @@ class Regressor(nn.Module):
 
     def __init__(self, cfg, scale):
         super().__init__()
-        self.scale = scale
+        self.up = BicubicUp(scale)
         self.encoder = RRDBEncoder(cfg)
         self.head = nn.Sequential(nn.Conv2d(cfg.cond_channels, cfg.enc_nf * scale**2, 3, padding=1),
                                   nn.PixelShuffle(scale), nn.LeakyReLU(0.2),
                                   nn.Conv2d(cfg.enc_nf, 3, 3, padding=1))
 
     def forward(self, y):
-        return bicubic_up(y, self.scale) + self.head(self.encoder(y))
+        return self.up(y) + self.head(self.encoder(y))
 
 
 class RegressionLoss(nn.Module):
@@ -103,12 +110,12 @@ class DiffusionLoss(nn.Module):
 
     def __init__(self, net, *, scale, sigma, t_eps, feature=None, weight=0.0, quality_options=None):
         super().__init__()
-        self.net, self.feature = net, feature
-        self.scale, self.sigma, self.t_eps = scale, sigma, t_eps
+        self.net, self.feature, self.up = net, feature, BicubicUp(scale)
+        self.sigma, self.t_eps = sigma, t_eps
         self.weight, self.quality_options = weight, quality_options or {}
 
     def forward(self, y, x, generator):
-        mu = bicubic_up(y, self.scale)
+        mu = self.up(y)
         cond = self.net.encode(y)
         loss = score_matching_loss(self.net, (x - mu) / self.sigma, cond, t_eps=self.t_eps, generator=generator)
         if self.feature is None:
@@ -118,11 +125,27 @@ class DiffusionLoss(nn.Module):
         return loss + self.weight * quality
 
 
-def bicubic_up(y, scale):
-    """mu(y) in float32, also under autocast: in bf16 its rounding (about 2e-3) would be a visible
-    error in z0 = (x - mu) / sigma."""
-    with torch.autocast(y.device.type, enabled=False):
-        return upscale(y.float(), scale)
+class BicubicUp:
+    """mu(y) = up(y) (ecdp.resize.upscale) in float32, also under autocast: in bf16 its rounding (about
+    2e-3) would be a visible error in z0 = (x - mu) / sigma. Its resize matrices are made once per size
+    and device, so the training step copies nothing from the host (on CUDA such a copy waits for
+    the GPU)."""
+
+    def __init__(self, scale):
+        self.scale, self.matrices = scale, {}
+
+    def __call__(self, y):
+        with torch.autocast(y.device.type, enabled=False):
+            y = y.float()
+            a_h, a_w = (self._matrix(n, y.device) for n in y.shape[-2:])
+            return a_h @ y @ a_w.T
+
+    @torch.compiler.disable   # under torch.compile too, the cached matrix enters the graph as an input
+    def _matrix(self, size, device):
+        key = (size, device)
+        if key not in self.matrices:
+            self.matrices[key] = resize_matrix(size, size * self.scale, device=device)
+        return self.matrices[key]
 
 
 def train(config, *, stage, out, resume=False, device=None):
@@ -169,7 +192,7 @@ class Trainer:
         self.reported = set(self.dataset.unreadable())
         torch.manual_seed(self.settings.seed)
         self.objective, self.sigma = self._build(state)
-        self.objective.to(process.device)
+        self.objective.to(process.device, memory_format=self._memory_format())
         self.net = self.objective.net
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self._param_groups())
@@ -184,6 +207,8 @@ class Trainer:
                                 "that every node shares.")
             ids = [process.device.index] if process.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(self.objective, device_ids=ids)
+        if self.settings.compile:
+            self.wrapped = torch.compile(self.wrapped)
 
     def run(self):
         """Train up to settings.steps, checkpointing, logging and exporting on rank 0."""
@@ -282,7 +307,7 @@ class Trainer:
         return every > 0 and self.step % every == 0
 
     def _train_step(self, batch):
-        y, x = (v.to(self.process.device, non_blocking=True) for v in batch)
+        y, x = (v.to(self.process.device, non_blocking=True, memory_format=self._memory_format()) for v in batch)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor(self.step, self.settings)
         generator = derived_generator(NOISE, self.settings.seed, self.step, self.process.rank,
@@ -298,6 +323,9 @@ class Trainer:
         with torch.no_grad():
             torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - self.settings.ema)
         return loss.detach()
+
+    def _memory_format(self):
+        return torch.channels_last if self.settings.channels_last else torch.preserve_format
 
     def _lr(self):
         return self.optimizer.param_groups[0]["lr"]

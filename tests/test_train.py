@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ecdp.cli import main
-from ecdp.config import load_config
+from ecdp.config import load_config, resume_changes
 from ecdp.data import SRDataset, estimate_sigma
 from ecdp.errors import UserError
 from ecdp.modelfile import load_model
@@ -137,3 +138,82 @@ def test_time_limit_stops_early_with_a_checkpoint_and_model(images, tmp_path):
         "train.checkpoint_every=100")
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_channels_last_run_resumes_without_it_to_the_same_weights(images, straight, tmp_path):
+    run(images, tmp_path, "score", "train.steps=2", "train.channels_last=true")
+    assert next(Trainer(config(images, "train.channels_last=true"), "score", tmp_path / "other",
+                        Process(0, 1, torch.device("cpu")), resume=False).net.parameters()).dim() == 4
+    run(images, tmp_path, "score", "train.steps=4", resume=True)
+    a, b = tensors(straight, 4), tensors(tmp_path, 4)
+    for name in ("model", "ema"):
+        assert max((a[name][k] - b[name][k]).abs().max().item() for k in a[name]) <= 1e-5, name
+    assert "train.channels_last True -> False" in (tmp_path / "train.log").read_text()
+
+
+class HostReads(TorchDispatchMode):
+    """The aten ops under it that read a tensor's value on the host or make a tensor from host data
+    (on CUDA each one waits for the GPU), except reads of the tensors ``on_host`` (kept on the host
+    on CUDA too)."""
+
+    HOST = ("aten._local_scalar_dense", "aten.lift_fresh", "aten.equal", "aten.is_nonzero")
+
+    def __init__(self, on_host=()):
+        super().__init__()
+        self.seen, self.on_host = [], {id(t) for t in on_host}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.HOST) and not (args and id(args[0]) in self.on_host):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("stage, overrides", [
+    ("score", []),
+    ("quality", ["quality_stage.solver=heun", "quality_stage.ode_steps=2"]),
+    ("quality", ["quality_stage.solver=rk4", "quality_stage.ode_steps=1", "quality_stage.grid=uniform"]),
+    ("encoder", []),
+])
+def test_training_step_reads_nothing_on_the_host(images, straight, tmp_path, stage, overrides):
+    settings = config(images, f"train.init={straight / 'model'}" if stage == "quality" else "train.init=null",
+                      "quality_stage.feature=pixel", *overrides)
+    trainer = Trainer(settings, stage, tmp_path, Process(0, 1, torch.device("cpu")), resume=False)
+    batch = next(iter(trainer._loader()))
+    trainer._train_step(batch)   # the first step makes the resize matrices and Adam's state
+    adam_steps = [state["step"] for state in trainer.optimizer.state.values()]   # on the host on CUDA too
+    with HostReads(on_host=adam_steps) as reads:
+        loss = trainer._train_step(batch)
+    assert reads.seen == [] and loss.isfinite()
+    with HostReads() as reads:
+        loss.item()
+    assert reads.seen == ["aten._local_scalar_dense.default"]   # the check sees a host read
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["score", "quality"])
+def test_compiled_loss_module_trains_like_the_eager_one(images, straight, tmp_path, stage):
+    overrides = ["train.steps=4"] if stage == "score" else [
+        f"train.init={straight / 'model'}", "quality_stage.steps=2", "quality_stage.feature=pixel",
+        "quality_stage.ode_steps=2"]
+    eager = straight if stage == "score" else tmp_path / "eager"
+    if stage == "quality":
+        run(images, eager, stage, *overrides)
+    run(images, tmp_path / "compiled", stage, *overrides, "train.compile=true")
+    logs = [[float(row[1]) for row in list(csv.reader((out / "log.csv").open()))[1:]]
+            for out in (eager, tmp_path / "compiled")]
+    assert len(logs[0]) > 1 and logs[1] == pytest.approx(logs[0], rel=1e-4)
+    steps = 4 if stage == "score" else 2
+    a, b = tensors(eager, steps), tensors(tmp_path / "compiled", steps)
+    assert a["model"].keys() == b["model"].keys()
+    assert max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"]) <= 1e-4
+
+
+def test_speed_keys_are_typed_and_may_change_on_resume():
+    saved = load_config(None).to_dict()
+    refused, allowed = resume_changes(saved, load_config(None, ["train.channels_last=true", "train.compile=true"]),
+                                      "quality")
+    assert refused == [] and allowed == ["train.channels_last False -> True", "train.compile False -> True"]
+    with pytest.raises(UserError, match=r"^train.compile \(in --set\) must be of type bool, got 3\."):
+        load_config(None, ["train.compile=3"])
+    with pytest.raises(UserError, match=r"^train.channels_last \(in --set\) must be of type bool, got 'yes please'"):
+        load_config(None, ["train.channels_last=yes please"])
