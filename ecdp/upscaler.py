@@ -117,7 +117,8 @@ class Upscaler:
             padded = _pad(y, self.multiple)
             tile, overlap = self._tiles_for(padded)
             counter = self._counter(progress, padded, tile, overlap)
-            solve = functools.partial(self._solve_region, y, padded, callback=counter.update if counter else None)
+            callback = None if counter is None else counter.update   # a tqdm without a total has no truth value
+            solve = functools.partial(self._solve_region, y, padded, callback=callback)
             try:
                 if tile:
                     x, self.last_nfe = sample_tiled(solve, padded.shape[-2:], s, tile, overlap)
@@ -130,7 +131,7 @@ class Upscaler:
                 raise UserError(f"out of memory on {self.device} for a {w}x{h} image (its result alone takes "
                                 f"{size:.1f} GB); {_tile_advice(tile)}") from None
             finally:
-                if counter:
+                if counter is not None:
                     counter.close()
             x = x[..., : s * h, : s * w]
             if not torch.isfinite(x).all():

@@ -120,3 +120,14 @@ def test_several_images_show_one_line_per_image_and_quiet_shows_none(model, tmp_
         "upscale: image 1 of 2 done", "upscale: image 2 of 2 done"]
     assert upscale(model, *inputs, "-o", tmp_path / "quiet", "--quiet") == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]])
+def test_one_image_with_dopri5_counts_network_evaluations(model, tmp_path, capsys, quiet):
+    """dopri5 has no step total: the count goes on without one, and --quiet (a silent bar) works too."""
+    src = tmp_path / "in.png"
+    Image.fromarray(random_uint8((8, 8, 3))).save(src)
+    assert upscale(model, src, "-o", tmp_path / "out.png", "--solver", "dopri5", *quiet) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert (tmp_path / "out.png").is_file()
+    assert lines == [] if quiet else lines[-1].startswith(f"upscale {src}: network evaluation {len(lines)} done")
