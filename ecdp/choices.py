@@ -20,12 +20,16 @@ STAGES = ("encoder", "score", "quality")
 """Training stages: the L1 encoder regressor, score matching (eq. 16), and the quality loss (eq. 19)."""
 
 ENGINES = ("fast", "reference")
-"""How a solve runs: "fast" (conditioning cache; bf16 and CUDA graphs on a GPU) or "reference"
-(the plain method)."""
+"""How a solve runs: "fast" (conditioning cache; channels_last on the CPU; bf16 on a GPU and on
+CPUs with bf16 arithmetic; CUDA graphs on a GPU) or "reference" (the plain method, fp32)."""
 
 DEFAULT_ENGINE = "fast"
-"""The engine of every entry point unless one is asked for: on the CPU it computes what the
-reference computes (to float rounding), only faster."""
+"""The engine of every entry point unless one is asked for: it computes what the reference
+computes, to float rounding in fp32 and to within 1/255 of the output in bf16, only faster."""
+
+PRECISIONS = ("auto", "fp32", "bf16")
+"""The fast engine's network precision: "auto" is bf16 where the hardware computes it natively
+(CUDA; CPUs with AVX512-BF16 or AMX), fp32 elsewhere."""
 
 ONNX_GRAPHS = ("full", "step")
 """ONNX exports: the whole solve in one graph, or an encoder graph plus a one-step graph."""

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ecdp.choices import DEFAULT_ENGINE, ENGINES, GRIDS, SOLVERS
+from ecdp.choices import DEFAULT_ENGINE, ENGINES, GRIDS, PRECISIONS, SOLVERS
 from ecdp.errors import UserError
 from ecdp.images import from_array, from_pil, to_array, to_pil
-from ecdp.engine import fast_resolver, graphed_latent
+from ecdp.engine import cpu_network, fast_resolver, graphed_latent, native_bf16
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
 from ecdp.resize import upscale
@@ -36,14 +36,18 @@ class Upscaler:
     tile (LR pixels) turns on tiled sampling for larger images, with neighbouring tiles overlapping
     by at least `overlap` LR pixels (default tile // 4); without it, images of more than
     AUTO_TILE_ABOVE LR pixels are sampled in tiles of AUTO_TILE. engine "fast" (the default, as on
-    every entry point) caches the conditioning, runs the network in bf16 on CUDA and replays
-    fixed-step solves from CUDA graphs; "reference" is the plain method. compile=True runs the fast
-    engine's cached denoiser through torch.compile. One Upscaler may be shared by several threads:
-    calls are serialized.
+    every entry point) caches the conditioning and replays fixed-step solves from CUDA graphs on a
+    GPU; on the CPU it runs ``ecdp.engine.cpu_network`` (channels_last, 1x1 convolutions on oneDNN);
+    "reference" is the plain method. precision is the fast engine's network precision: "auto"
+    (bf16 on CUDA and on CPUs with bf16 arithmetic, ``ecdp.engine.native_bf16``; fp32 elsewhere),
+    "fp32" or "bf16"; the ODE state stays fp32. compile=True runs the fast engine's cached
+    denoiser through torch.compile. One Upscaler may be shared by several threads: calls are
+    serialized.
     """
 
     def __init__(self, net, config, *, device="cpu", solver=None, steps=None, seed=0, grid=None,
-                 tile=None, overlap=None, atol=1e-3, rtol=1e-3, engine=DEFAULT_ENGINE, compile=False):
+                 tile=None, overlap=None, atol=1e-3, rtol=1e-3, engine=DEFAULT_ENGINE, precision="auto",
+                 compile=False):
         self.device = _device(device)
         self.net = net.to(self.device).eval()
         self.config = config
@@ -57,23 +61,29 @@ class Upscaler:
         self.tile, self.overlap = _tiling(tile, overlap, self.multiple)
         self.auto_tile = _tiling(AUTO_TILE, overlap, self.multiple)
         self.engine = engine
-        self._latent = self._engine(engine, compile)
+        self._latent = self._engine(engine, precision, compile)
         self._lock = threading.Lock()
         self.last_nfe = 0
 
-    def _engine(self, engine, compile=False):
+    def _engine(self, engine, precision="auto", compile=False):
         """The latent solve (y, z1) -> (z, nfe) of the chosen engine."""
         sampler = dict(solver=self.solver, steps=self.steps, grid=self.grid, atol=self.atol, rtol=self.rtol)
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if engine == "reference":
-            if compile:
-                raise UserError("compile=True needs engine='fast'")
+            if compile or precision != "auto":
+                raise UserError("compile and precision are options of engine='fast'")
             return SuperResolver(self.net, self.config, **sampler).latent
         if engine != "fast":
             raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-        on_gpu = self.device.type == "cuda"
-        resolver = fast_resolver(self.net, self.config, dtype=torch.bfloat16 if on_gpu else None,
-                                 compile_mode="default" if compile else None, **sampler)
-        return graphed_latent(resolver) if on_gpu and self.solver != "dopri5" else resolver.latent
+        compile_mode = "default" if compile else None
+        if self.device.type == "cuda":
+            dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+            resolver = fast_resolver(self.net, self.config, dtype=dtype, compile_mode=compile_mode, **sampler)
+            return graphed_latent(resolver) if self.solver != "dopri5" else resolver.latent
+        bf16 = precision == "bf16" or precision == "auto" and native_bf16()
+        net = cpu_network(self.net, torch.bfloat16 if bf16 else torch.float32)
+        return fast_resolver(net, self.config, channels_last=True, compile_mode=compile_mode, **sampler).latent
 
     @classmethod
     def from_pretrained(cls, path, device="cpu", **options):

@@ -18,7 +18,7 @@ from ecdp.pipeline import SuperResolver
 from ecdp.sampling import ONE_STEP_SOLVERS, drift_fn, noise_fn
 from ecdp.sde import time_grid
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+EXPORT_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ExportSpec:
 def load_resolver(model, spec, device="cpu"):
     """The SuperResolver of a model folder (or "default") with the sampler of `spec`, checked."""
     net, config = load_model(resolve_model(model), device)
-    denoiser = CachedDenoiser(net, config.scale, dtype=PRECISIONS[spec.precision])
+    denoiser = CachedDenoiser(net, config.scale, dtype=EXPORT_DTYPES[spec.precision])
     resolver = SuperResolver(denoiser, config, solver=spec.solver, steps=spec.steps, grid=spec.grid)
     _check(resolver, spec, config)
     return resolver.eval()

@@ -164,8 +164,11 @@ def compile_calls(monkeypatch):
 
 def test_upscaler_compile_reaches_torch_compile_of_the_cached_denoiser(tiny, compile_calls):
     from ecdp.upscaler import Upscaler
-    upscaler = Upscaler(tiny, ModelConfig(sigma=0.2, steps=1), engine="fast", compile=True)
-    assert [fn for fn, _ in compile_calls] == [tiny.denoiser]
+    upscaler = Upscaler(tiny, ModelConfig(sigma=0.2, steps=1), engine="fast", precision="fp32", compile=True)
+    (compiled, _), = compile_calls   # on the CPU: the denoiser of the engine's copy (cpu_network)
+    assert type(compiled) is type(tiny.denoiser)
+    expected = tiny.denoiser.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in compiled.state_dict().items())
     assert compile_calls[0][1]["dynamic"] is False
     assert upscaler.sample(_inputs(size=8)[0]).shape == (1, 3, 32, 32)
 

@@ -133,7 +133,7 @@ def test_orientation_is_applied_by_the_api_as_by_the_cli(model, upscaler, tmp_pa
     exif_jpeg(tmp_path / "in.jpg", orientation)
     with Image.open(tmp_path / "in.jpg") as image:
         api = upscaler.upscale(image)
-    assert upscale(model, tmp_path / "in.jpg", "-o", tmp_path / "out.png", "--engine", "reference") == 0
+    assert upscale(model, tmp_path / "in.jpg", "-o", tmp_path / "out.png") == 0
     with Image.open(tmp_path / "out.png") as cli:
         assert api.size == cli.size == ((SCALE * 8, SCALE * 12) if orientation == 6 else (SCALE * 12, SCALE * 8))
         np.testing.assert_array_equal(np.asarray(api), np.asarray(cli))

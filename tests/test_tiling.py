@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
     y = torch.nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bicubic").clamp(0, 1)
     tiled = recorded(model, tile=TILE, overlap=OVERLAP)
     return {"full": Upscaler.from_pretrained(model).sample(y), "tiled": tiled.sample(y), "upscaler": tiled,
-            "stitched": Upscaler.from_pretrained(model, tile=SIZE // 2, overlap=0).sample(y)}
+            "stitched": Upscaler.from_pretrained(model, tile=SIZE // 2, overlap=0).sample(y), "y": y, "model": model}
 
 
 def seam_ratio(x, lines):
@@ -73,15 +73,31 @@ def test_blending_is_a_partition_of_unity():
     assert nfe == len(tile_starts(37, 16, 4)) * len(tile_starts(29, 16, 4))
 
 
-def test_tiled_matches_untiled_away_from_the_seams(runs):
+def away_from_the_seams():
+    """HR pixels outside every band where two tiles overlap."""
     starts = tile_starts(SIZE, TILE, OVERLAP)
     band = torch.zeros(SCALE * SIZE, dtype=torch.bool)
     for a, b in zip(starts, starts[1:]):
         band[SCALE * b: SCALE * (a + TILE)] = True
     away = ~band[:, None] & ~band[None, :]
     assert away.any() and band.any()
+    return away
+
+
+def test_tiled_matches_untiled_away_from_the_seams(runs):
     diff = (runs["tiled"] - runs["full"]).abs().amax(dim=(0, 1))
-    assert diff[away].max() < 0.04
+    assert diff[away_from_the_seams()].max() < 0.04
+
+
+@pytest.mark.parametrize("options", [{"engine": "reference"}, {"precision": "fp32"}, {"precision": "bf16"}],
+                         ids=["reference", "fast-fp32", "fast-bf16"])
+def test_every_engine_tiles_as_the_reference_does(runs, options):
+    """Each engine's tiled image against its own untiled one: the same bound as the reference's."""
+    y = runs["y"]
+    full = Upscaler.from_pretrained(runs["model"], **options).sample(y)
+    tiled = Upscaler.from_pretrained(runs["model"], tile=TILE, overlap=OVERLAP, **options).sample(y)
+    diff = (tiled - full).abs().amax(dim=(0, 1))
+    assert diff[away_from_the_seams()].max() < 0.04
 
 
 def test_no_visible_seam(runs):

@@ -1,0 +1,115 @@
+"""The fast engine on the CPU (ecdp.engine.cpu_network) against the reference engine.
+
+The built-in model on a photo (scikit-image's astronaut): in fp32 the CPU engine computes what the
+reference computes up to float rounding, for every fixed-step solver on both time grids. In bf16
+(the default on CPUs with bf16 arithmetic) the largest difference measured at 32x24 LR is 0.4/255
+(euler) to 1.2/255 (heun, 2 steps), bound BF16_TOL; with the model's own sampler (heun 3 steps,
+log-SNR grid) it is 0.59/255 at 64x48 and 0.73/255 at 128x128, bound 1/255.
+"""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from ecdp.choices import EVALS_PER_STEP, GRIDS
+from ecdp.engine import OneDNNConv1x1, cpu_network, native_bf16
+from ecdp.modelfile import load_model, resolve_model
+from ecdp.upscaler import Upscaler
+
+STEPS = {"euler": 3, "heun": 2, "rk4": 1, "dpmpp2m": 3}
+FP32_TOL = 1e-4
+BF16_TOL = 2 / 255
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_model(resolve_model("default"))
+
+
+def astronaut(width, height):
+    """The astronaut photo resized to width x height, as a (1, 3, height, width) tensor in [0, 1]."""
+    skimage_data = pytest.importorskip("skimage.data")
+    image = Image.fromarray(skimage_data.astronaut()).resize((width, height), Image.BICUBIC)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return astronaut(32, 24)
+
+
+def upscaler(default_model, **options):
+    net, config = default_model
+    return Upscaler(net, config, **options)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("solver", list(EVALS_PER_STEP))
+def test_cpu_engine_matches_the_reference(default_model, photo, solver, grid):
+    sampler = dict(solver=solver, steps=STEPS[solver], grid=grid, seed=4)
+    reference = upscaler(default_model, engine="reference", **sampler).sample(photo)
+    fp32 = upscaler(default_model, precision="fp32", **sampler).sample(photo)
+    bf16 = upscaler(default_model, precision="bf16", **sampler).sample(photo)
+    assert (fp32 - reference).abs().max().item() <= FP32_TOL
+    assert (bf16 - reference).abs().max().item() <= BF16_TOL
+    assert (bf16 - reference).abs().max().item() > 0   # bf16 really ran
+
+
+def test_bf16_with_the_models_sampler_stays_within_one_level(default_model):
+    photo = astronaut(64, 48)
+    reference = upscaler(default_model, engine="reference").sample(photo)
+    bf16 = upscaler(default_model, precision="bf16").sample(photo)
+    assert (bf16 - reference).abs().max().item() <= 1 / 255
+
+
+def test_default_precision_follows_the_hardware(default_model, photo):
+    sampler = dict(solver="heun", steps=1, seed=2)
+    auto = upscaler(default_model, **sampler).sample(photo)
+    expected = upscaler(default_model, precision="bf16" if native_bf16() else "fp32", **sampler).sample(photo)
+    assert torch.equal(auto, expected)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_seed_same_image(default_model, photo, precision):
+    first, again, other = (upscaler(default_model, precision=precision, steps=1, seed=seed).sample(photo)
+                           for seed in (7, 7, 8))
+    assert torch.equal(first, again)
+    assert (first - other).abs().max().item() > 0.01
+
+
+def test_cpu_network_is_a_copy_with_the_same_weights(default_model):
+    net, _ = default_model
+    copy = cpu_network(net, torch.bfloat16)
+    assert copy is not net and next(net.denoiser.parameters()).dtype == torch.float32
+    assert next(copy.denoiser.parameters()).dtype == torch.bfloat16
+    assert next(copy.encoder.parameters()).dtype == torch.float32
+    assert copy.state_dict().keys() == net.state_dict().keys()
+    pointwise = [m for m in copy.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert pointwise and all(type(m) is OneDNNConv1x1 for m in pointwise)
+    assert all(type(m) is nn.Conv2d for m in net.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_onednn_1x1_convolution_equals_the_plain_one(threads):
+    """One thread is where PyTorch would take its slow fallback; the values are the same."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        conv = nn.Conv2d(24, 16, 1)
+        onednn = nn.Conv2d(24, 16, 1)
+        onednn.load_state_dict(conv.state_dict())
+        onednn.__class__ = OneDNNConv1x1
+        x = torch.randn(2, 24, 12, 20).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            torch.testing.assert_close(onednn(x), conv(x), rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_precision_is_checked(default_model):
+    from ecdp.errors import UserError
+    with pytest.raises(UserError, match="unknown precision 'fp8'"):
+        upscaler(default_model, precision="fp8")
+    with pytest.raises(UserError, match="options of engine='fast'"):
+        upscaler(default_model, engine="reference", precision="bf16")
