@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-SUITES = ["bench_sampler", "bench_network", "bench_kernels", "bench_onnx", "bench_training"]
+SUITES = ["bench_cpu_engine", "bench_sampler", "bench_network", "bench_kernels", "bench_onnx", "bench_training"]
 ROOFLINE = "bench_roofline"
 COLUMNS = ["name", "device", "dtype", "shape", "NFE", "median ms", "ms/image", "img/s", "TFLOP/s or GB/s",
            "of floor", "peak MB", "notes"]
@@ -82,7 +82,8 @@ def row(bench):
 def notes(info):
     parts = [info.get("solver") or ""]
     for key, text in (("compile_s", "compile {:.0f} s"), ("export_s", "export {:.0f} s"),
-                      ("max_abs_diff", "max diff to PyTorch {:.1e}"), ("error", "error to reference {:.1e}")):
+                      ("max_abs_diff", "max diff to PyTorch {:.1e}"), ("error", "error to reference {:.1e}"),
+                      ("levels_from_reference", "max diff to reference {:.2f}/255")):
         if info.get(key) is not None:
             parts.append(text.format(info[key]))
     return "; ".join(p for p in parts if p)

@@ -40,7 +40,7 @@ class Upscaler:
     GPU; on the CPU it runs ``ecdp.engine.cpu_network`` (channels_last, 1x1 convolutions on oneDNN);
     "reference" is the plain method. precision is the fast engine's network precision: "auto"
     (bf16 on CUDA and on CPUs with bf16 arithmetic, ``ecdp.engine.native_bf16``; fp32 elsewhere),
-    "fp32" or "bf16"; the ODE state stays fp32. compile=True runs the fast engine's cached
+    "fp32" or "bf16" (the one chosen is kept in ``precision``); the ODE state stays fp32. compile=True runs the fast engine's cached
     denoiser through torch.compile. One Upscaler may be shared by several threads: calls are
     serialized.
     """
@@ -73,17 +73,19 @@ class Upscaler:
         if engine == "reference":
             if compile or precision != "auto":
                 raise UserError("compile and precision are options of engine='fast'")
+            self.precision = "fp32"
             return SuperResolver(self.net, self.config, **sampler).latent
         if engine != "fast":
             raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         compile_mode = "default" if compile else None
-        if self.device.type == "cuda":
-            dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        on_gpu = self.device.type == "cuda"
+        self.precision = precision if precision != "auto" else "bf16" if on_gpu or native_bf16() else "fp32"
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        if on_gpu:
             resolver = fast_resolver(self.net, self.config, dtype=dtype, compile_mode=compile_mode, **sampler)
             return graphed_latent(resolver) if self.solver != "dopri5" else resolver.latent
-        bf16 = precision == "bf16" or precision == "auto" and native_bf16()
-        net = cpu_network(self.net, torch.bfloat16 if bf16 else torch.float32)
-        return fast_resolver(net, self.config, channels_last=True, compile_mode=compile_mode, **sampler).latent
+        return fast_resolver(cpu_network(self.net, dtype), self.config, channels_last=True, compile_mode=compile_mode,
+                             **sampler).latent
 
     @classmethod
     def from_pretrained(cls, path, device="cpu", **options):

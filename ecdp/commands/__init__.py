@@ -6,7 +6,7 @@ own sampler.
 """
 import argparse
 
-from ecdp.choices import DEFAULT_ENGINE, ENGINES, GRIDS, SOLVERS
+from ecdp.choices import DEFAULT_ENGINE, ENGINES, GRIDS, PRECISIONS, SOLVERS
 
 
 def positive_int(text: str) -> int:
@@ -17,10 +17,13 @@ def positive_int(text: str) -> int:
 
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
-    """--engine, --solver, --steps, --grid and --seed, defaulting to what ``Upscaler`` defaults to."""
+    """--engine, --precision, --solver, --steps, --grid and --seed, defaulting to what ``Upscaler`` defaults to."""
     parser.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
-                        help=f"fast (conditioning cache; bf16 and CUDA graphs on a GPU) or reference "
-                             f"(default: {DEFAULT_ENGINE})")
+                        help=f"fast (conditioning cache; channels_last on the CPU; CUDA graphs on a GPU) or "
+                             f"reference (default: {DEFAULT_ENGINE})")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the fast engine's network precision: auto is bf16 on a GPU and on CPUs with bf16 "
+                             "arithmetic (AVX512-BF16, AMX), fp32 elsewhere (default: auto)")
     parser.add_argument("--solver", choices=SOLVERS, help="ODE solver (default: the model's)")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="steps of a fixed-step solver "
                                                                         "(default: the model's)")
@@ -30,4 +33,5 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sampler_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``Upscaler`` that add_sampler_arguments parsed."""
-    return {"engine": args.engine, "solver": args.solver, "steps": args.steps, "grid": args.grid, "seed": args.seed}
+    return {"engine": args.engine, "precision": args.precision, "solver": args.solver, "steps": args.steps,
+            "grid": args.grid, "seed": args.seed}

@@ -84,7 +84,7 @@ def _report(datasets, upscaler, has_lpips, reason, args):
 
 def _settings(args, upscaler):
     """The sampler the scores were made with: the upscaler's, which resolved the options against the model."""
-    return {"engine": args.engine, "solver": upscaler.solver, "steps": upscaler.steps, "grid": upscaler.grid,
+    return {"engine": args.engine, "precision": upscaler.precision, "solver": upscaler.solver, "steps": upscaler.steps, "grid": upscaler.grid,
             "tol": args.tol, "seed": args.seed, "device": args.device}
 
 
