@@ -113,3 +113,22 @@ def test_precision_is_checked(default_model):
         upscaler(default_model, precision="fp8")
     with pytest.raises(UserError, match="options of engine='fast'"):
         upscaler(default_model, engine="reference", precision="bf16")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_group_norm_in_bf16_equals_the_fp32_round_trip(channels_last):
+    """The reference GroupNorm + SiLU feeds bf16 to F.group_norm on the CPU; its values are those of
+    computing in fp32 and rounding once, as on every other device, up to one bf16 rounding."""
+    from ecdp.kernels import reference
+    generator = torch.Generator().manual_seed(0)
+    x, add = (torch.randn(2, 32, 12, 20, generator=generator).bfloat16() for _ in range(2))
+    if channels_last:
+        x, add = (t.contiguous(memory_format=torch.channels_last) for t in (x, add))
+    add_channel = torch.randn(2, 32, generator=generator).bfloat16()
+    weight, bias = torch.randn(32, generator=generator), torch.randn(32, generator=generator)
+    got = reference.group_norm_silu(x, weight, bias, 8, add_channel=add_channel, add=add)
+    summed = x + add_channel[:, :, None, None] + add
+    expected = torch.nn.functional.silu(torch.nn.functional.group_norm(summed.float(), 8, weight, bias).bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), rtol=2**-8, atol=2**-16)
+    assert (got != expected).float().mean() < 0.01
