@@ -4,6 +4,7 @@ The command modules import PyTorch inside their ``run`` functions, so ``ecdp --h
 subcommand's ``--help`` answer without loading it.
 """
 import argparse
+import ctypes
 import importlib
 import sys
 
@@ -11,6 +12,24 @@ from ecdp import console
 from ecdp.errors import UserError
 
 COMMANDS = ("upscale", "demo", "train", "eval")
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 * 2**20                    # glibc's largest: blocks up to it come from the heap
+TRIM_THRESHOLD = 2**30
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse instead of unmapping them.
+
+    A solve allocates and frees activations of several MB at every layer; by default each is a
+    fresh mmap whose pages fault in on first touch: ``ecdp demo`` spent 0.65 s in the system, 0.2 s
+    with this, and ran 7% faster (farm-bench, 2 cores). The process's resident memory then stays
+    near its peak until it exits. Returns whether it applied (False off glibc).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def main(argv=None):
@@ -22,6 +41,7 @@ def main(argv=None):
         command.add_argument("-q", "--quiet", action="store_true", help="print no progress, only results and errors")
     args = parser.parse_args(argv)
     console.set_quiet(args.quiet)
+    keep_freed_memory()
     try:
         return args.run(args) or 0
     except UserError as e:

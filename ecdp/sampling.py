@@ -4,7 +4,6 @@
 on a precomputed time grid and never synchronize with the host inside the step loop.
 """
 import torch
-from torchdiffeq import odeint
 
 from ecdp.choices import EVALS_PER_STEP, SOLVERS
 from ecdp.parametrization import data_estimate, noise_estimate
@@ -118,6 +117,8 @@ def _solve_adaptive(eps_fn, z1, t_end, atol, rtol, callback=None):
         if callback:
             callback()
         return drift_at(z, t.clamp(t_end, 1.0))
+
+    from torchdiffeq import odeint   # imports scipy (0.2 s): only when dopri5 runs
 
     ts = torch.tensor([1.0, t_end], dtype=z1.dtype, device=z1.device)
     z = odeint(drift, z1, ts, method="dopri5", atol=atol, rtol=rtol)[-1]

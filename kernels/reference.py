@@ -1,15 +1,16 @@
 """Exact PyTorch references of the fused kernels."""
-import torch
 import torch.nn.functional as F
 
 
 def group_norm_silu(x, weight, bias, groups, *, add_channel=None, add=None, eps=1e-5, silu=True):
     """SiLU(GroupNorm(x + add_channel[:, :, None, None] + add)), statistics in fp32.
 
-    On the CPU, bf16 inputs go to F.group_norm as they are: its CPU kernel computes the statistics
-    and the affine in fp32 and rounds once, so the values are those of the fp32 round trip that
-    other devices and dtypes take up to one bf16 rounding (the affine's operations are ordered
-    differently), without its two conversion passes (6x slower in bf16 channels_last).
+    On the CPU, an input in the dtype of the weights (bf16 in ecdp.engine.cpu_network) goes to
+    F.group_norm as it is: its CPU kernel computes the statistics and the affine in fp32 and
+    rounds once, so the values are those of the fp32 round trip that other devices and autocast
+    (fp32 weights: also what the exporters trace) take up to one bf16 rounding (the affine's
+    operations are ordered differently), without its two conversion passes (6x slower in bf16
+    channels_last).
     The second add and the SiLU run in place on tensors made here (the SiLU only without autograd).
     """
     if add_channel is not None:
@@ -18,7 +19,7 @@ def group_norm_silu(x, weight, bias, groups, *, add_channel=None, add=None, eps=
             x.add_(add)
     elif add is not None:
         x = x + add
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+    if x.device.type == "cpu" and x.dtype == weight.dtype:
         y = F.group_norm(x, groups, weight, bias, eps)
     else:
         y = F.group_norm(x.float(), groups, weight.float(), bias.float(), eps).to(x.dtype)

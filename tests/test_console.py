@@ -110,3 +110,10 @@ def test_training_off_a_terminal_logs_a_line_per_logging_interval(tmp_path, caps
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("score: ")]
     assert [line.split(", loss")[0] for line in lines] == ["score: step 2 of 4 done", "score: step 4 of 4 done"]
     assert all(float(line.split(", loss ")[1].split(",")[0]) > 0 for line in lines)
+
+
+def test_the_command_keeps_freed_memory_where_glibc_allows():
+    import platform
+
+    from ecdp.cli import keep_freed_memory
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

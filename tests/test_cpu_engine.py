@@ -125,10 +125,11 @@ def test_cpu_group_norm_in_bf16_equals_the_fp32_round_trip(channels_last):
     if channels_last:
         x, add = (t.contiguous(memory_format=torch.channels_last) for t in (x, add))
     add_channel = torch.randn(2, 32, generator=generator).bfloat16()
-    weight, bias = torch.randn(32, generator=generator), torch.randn(32, generator=generator)
+    weight, bias = (torch.randn(32, generator=generator).bfloat16() for _ in range(2))
     got = reference.group_norm_silu(x, weight, bias, 8, add_channel=add_channel, add=add)
     summed = x + add_channel[:, :, None, None] + add
-    expected = torch.nn.functional.silu(torch.nn.functional.group_norm(summed.float(), 8, weight, bias).bfloat16())
+    expected = torch.nn.functional.group_norm(summed.float(), 8, weight.float(), bias.float()).bfloat16()
+    expected = torch.nn.functional.silu(expected)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected.float(), rtol=2**-8, atol=2**-16)
     assert (got != expected).float().mean() < 0.01

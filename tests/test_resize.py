@@ -177,3 +177,11 @@ def test_torch_export_keeps_matrices_constant(strict, hw):
     torch.testing.assert_close(program.module()(y), upscale(y, 4))
     expected = _reference(y.double().numpy(), 4 * hw[0], 4 * hw[1])
     torch.testing.assert_close(upscale(y, 4), torch.from_numpy(expected).float())
+
+
+def test_resize_matrix_is_marked_constant_as_the_decorator_marks():
+    """resize_matrix sets the mark of torch.compiler.assume_constant_result itself (not to import
+    torch._dynamo at start-up): the decorator must still mark functions that way."""
+    marked = torch.compiler.assume_constant_result(lambda: None)
+    assert marked._dynamo_marked_constant is True
+    assert resize_matrix._dynamo_marked_constant is True
