@@ -1,12 +1,13 @@
 """Sampler end to end (y, z1) -> SR: the reference (eager fp32; dopri5 at tol 1e-3, or the model's
-fixed-step solver) against the fast engine (cached conditioning; fp32 on CPU, bf16 on GPU; CUDA
-graph on GPU) at the same solver, and the fast engine over solvers and NFE."""
+fixed-step solver) against the fast engine as the entry points run it (ecdp.engine.fast_engine:
+cached conditioning; on the CPU channels_last, bf16 where the CPU has bf16 arithmetic; bf16 and
+a CUDA graph on GPU) at the same solver, and the fast engine over solvers and NFE."""
 import pytest
 import torch
 
-from bench.harness import CASES, CUDA, ENGINE_DTYPE, MAIN_CASE, dtype_name, inputs, measure, record, shape_text
+from bench.harness import CASES, CUDA, DEVICE, MAIN_CASE, inputs, measure, record, shape_text
 from bench.roofline import work
-from ecdp.engine import GraphedSolve, fast_resolver
+from ecdp.engine import GraphedSolve, fast_engine
 from ecdp.pipeline import SuperResolver
 from ecdp.sampling import EVALS_PER_STEP
 
@@ -17,15 +18,15 @@ TOL = 1e-3
 
 
 def sampler(path, net, config, **settings):
-    """(run, solver text, dtype): run(y, z1) -> (sr, nfe) on `path`; settings override the config's
-    solver and steps."""
+    """(run, solver text, precision): run(y, z1) -> (sr, nfe) on `path`; settings override the
+    config's solver and steps."""
     if path == "reference-dopri5":
         resolver = SuperResolver(net, config, solver="dopri5", atol=TOL, rtol=TOL)
-        return resolver.run, f"dopri5 tol {TOL:g}", torch.float32
+        return resolver.run, f"dopri5 tol {TOL:g}", "fp32"
     if path == "reference":
-        resolver, dtype = SuperResolver(net, config, **settings), torch.float32
+        resolver, dtype = SuperResolver(net, config, **settings), "fp32"
     else:
-        resolver, dtype = fast_resolver(net, config, dtype=ENGINE_DTYPE, **settings), ENGINE_DTYPE
+        resolver, dtype = fast_engine(net, config, DEVICE, **settings)
     text = f"{resolver.solver} {resolver.steps} steps, {resolver.grid} grid"
     if path != "graphed":
         return resolver.run, text, dtype
@@ -51,6 +52,6 @@ def bench_solve(benchmark, models, case, path, rounds=None, **settings):
     y, z1 = inputs(case, config.scale)
     with torch.no_grad():
         sr, nfe = measure(benchmark, lambda: run(y, z1), rounds=rounds or case.rounds, warmup=case.warmup,
-                          batch=case.batch, model=model, path=path, solver=solver, dtype=dtype_name(dtype))
+                          batch=case.batch, model=model, path=path, solver=solver, dtype=dtype)
     record(benchmark, nfe=nfe, flops=work(config.net, case.lr, config.scale).sample_flops(nfe, case.batch),
            shape=shape_text(y.shape, sr.shape))

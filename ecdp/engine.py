@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import ecdp.kernels as kernels
+from ecdp.choices import PRECISIONS
 from ecdp.kernels.ode_coef import solver_table
 from ecdp.pipeline import SuperResolver
 from ecdp.resize import resize_matrix
@@ -183,6 +184,26 @@ def fast_resolver(net, config, *, dtype=None, channels_last=False, compile_mode=
     denoiser = CachedDenoiser(net, config.scale, dtype=dtype, channels_last=channels_last,
                               compile_mode=compile_mode)
     return FastResolver(denoiser, config, fused_ode=fused_ode, **sampler)
+
+
+def fast_engine(net, config, device, *, precision="auto", compile_mode=None, **sampler):
+    """(FastResolver, precision): the fast engine as every entry point runs it on `device`.
+
+    precision "auto" is "bf16" on CUDA and on CPUs with bf16 arithmetic (native_bf16), else
+    "fp32". On CUDA the network runs under autocast (fp32 GroupNorm statistics); on the CPU the
+    resolver runs cpu_network(net, dtype) in channels_last. sampler: solver, steps, grid, atol,
+    rtol, t_end as for SuperResolver. Raises ValueError for an unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    on_gpu = torch.device(device).type == "cuda"
+    if precision == "auto":
+        precision = "bf16" if on_gpu or native_bf16() else "fp32"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    if on_gpu:
+        return fast_resolver(net, config, dtype=dtype, compile_mode=compile_mode, **sampler), precision
+    return fast_resolver(cpu_network(net, dtype), config, channels_last=True, compile_mode=compile_mode,
+                         **sampler), precision
 
 
 # PyTorch captures one CUDA graph at a time per process: every GraphedSolve captures under this lock.

@@ -16,7 +16,7 @@ from PIL import Image
 from ecdp.choices import DEFAULT_ENGINE, ENGINES, GRIDS, PRECISIONS, SOLVERS
 from ecdp.errors import UserError
 from ecdp.images import from_array, from_pil, to_array, to_pil
-from ecdp.engine import cpu_network, fast_resolver, graphed_latent, native_bf16
+from ecdp.engine import fast_engine, graphed_latent
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
 from ecdp.resize import upscale
@@ -77,15 +77,11 @@ class Upscaler:
             return SuperResolver(self.net, self.config, **sampler).latent
         if engine != "fast":
             raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-        compile_mode = "default" if compile else None
-        on_gpu = self.device.type == "cuda"
-        self.precision = precision if precision != "auto" else "bf16" if on_gpu or native_bf16() else "fp32"
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        if on_gpu:
-            resolver = fast_resolver(self.net, self.config, dtype=dtype, compile_mode=compile_mode, **sampler)
-            return graphed_latent(resolver) if self.solver != "dopri5" else resolver.latent
-        return fast_resolver(cpu_network(self.net, dtype), self.config, channels_last=True, compile_mode=compile_mode,
-                             **sampler).latent
+        resolver, self.precision = fast_engine(self.net, self.config, self.device, precision=precision,
+                                               compile_mode="default" if compile else None, **sampler)
+        if self.device.type == "cuda" and self.solver != "dopri5":
+            return graphed_latent(resolver)
+        return resolver.latent
 
     @classmethod
     def from_pretrained(cls, path, device="cpu", **options):
