@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ecdp.errors import UserError
 from ecdp.images import read_image
+from ecdp.metrics import quantize
 from ecdp.resize import downscale, mod_crop, resize, upscale
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -38,7 +39,7 @@ def derived_generator(*keys, device="cpu"):
     return torch.Generator(device).manual_seed(seed)
 
 
-def list_images(folders):
+def training_images(folders):
     """Image files under ``folders`` (recursive), sorted per folder; a missing folder is a UserError."""
     files = []
     for folder in map(Path, folders):
@@ -59,11 +60,6 @@ def to_float(image):
     return image.float() / 255.0
 
 
-def quantize(image):
-    """Round a [0, 1] float image to 8-bit levels, as it would be stored."""
-    return (image.clamp(0, 1) * 255).round() / 255
-
-
 class SRDataset(torch.utils.data.Dataset):
     """(LR, HR) float pairs (3, c/s, c/s), (3, c, c) from HR folders, optionally with paired LR folders."""
 
@@ -77,7 +73,7 @@ class SRDataset(torch.utils.data.Dataset):
                             f"and at least the crop {crop}.")
         self.scale, self.crop, self.center_resize = scale, crop, center_resize
         self.augment, self.seed = augment, seed
-        pairs = _pair(hr, lr, scale) if lr else [(p, None) for p in list_images(hr)]
+        pairs = _pair(hr, lr, scale) if lr else [(p, None) for p in training_images(hr)]
         sizes = {pair: self._inspect(pair) for pair in pairs}
         self.pairs = [pair for pair in pairs if sizes[pair]]
         decoded_mb = sum(w * h * 3 for pair in self.pairs for w, h in sizes[pair]) / 2**20
@@ -244,10 +240,10 @@ def _pair(hr_folders, lr_folders, scale):
     pairs = []
     for hr_folder, lr_folder in zip(map(Path, hr_folders), map(Path, lr_folders)):
         lr_files = {}
-        for path in list_images([lr_folder]):
+        for path in training_images([lr_folder]):
             stem = path.relative_to(lr_folder).with_suffix("").as_posix()
             lr_files[stem.removesuffix(f"x{scale}")] = path
-        for path in list_images([hr_folder]):
+        for path in training_images([hr_folder]):
             stem = path.relative_to(hr_folder).with_suffix("").as_posix()
             if stem not in lr_files:
                 raise UserError(f"HR image {path} has no LR image in {lr_folder}.")

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ecdp.data import BatchOrder, DataWarning, SRDataset, derived_generator, estimate_sigma, list_images, quantize
+from ecdp.data import BatchOrder, DataWarning, SRDataset, derived_generator, estimate_sigma, training_images
+from ecdp.metrics import quantize
 from ecdp.errors import UserError
 from ecdp.resize import downscale
 
@@ -72,7 +73,7 @@ def test_dihedral_augmentation_keeps_the_pixels(folder):
 def test_multiple_folders_searched_recursively(tmp_path, folder):
     write_images(tmp_path / "more" / "deep" / "er", [(64, 64), (40, 40)], seed=1)
     (tmp_path / "more" / "notes.txt").write_text("not an image")
-    files = list_images([folder, tmp_path / "more"])
+    files = training_images([folder, tmp_path / "more"])
     assert [f.name for f in files] == ["img0.png", "img1.png", "img2.png", "img0.png", "img1.png"]
     assert len(dataset([folder, tmp_path / "more"])) == 5
 
