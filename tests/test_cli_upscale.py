@@ -131,3 +131,18 @@ def test_one_image_with_dopri5_counts_network_evaluations(model, tmp_path, capsy
     lines = capsys.readouterr().err.splitlines()
     assert (tmp_path / "out.png").is_file()
     assert lines == [] if quiet else lines[-1].startswith(f"upscale {src}: network evaluation {len(lines)} done")
+
+
+def test_threads_option_sets_the_cpu_threads(model, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    Image.fromarray(random_uint8((8, 8, 3))).save(tmp_path / "in.png")
+    try:
+        assert upscale(model, tmp_path / "in.png", "-o", tmp_path / "out.png", "--threads", 1) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert (tmp_path / "out.png").is_file()
+    with pytest.raises(SystemExit):
+        upscale(model, tmp_path / "in.png", "-o", tmp_path / "out2.png", "--threads", 0)

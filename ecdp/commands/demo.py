@@ -7,7 +7,7 @@ examples.
 """
 from pathlib import Path
 
-from ecdp.commands import add_sampler_arguments, sampler_options
+from ecdp.commands import add_sampler_arguments, sampler_options, set_threads
 from ecdp.errors import UserError
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -54,6 +54,7 @@ def run(args):
     from ecdp.resize import downscale, mod_crop
     from ecdp.upscaler import Upscaler
 
+    set_threads(args)
     upscaler = Upscaler.from_pretrained(args.checkpoint, device=args.device, **sampler_options(args))
     scale = upscaler.config.scale
     records = []

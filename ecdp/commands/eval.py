@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ecdp import console
-from ecdp.commands import add_sampler_arguments, positive_int, sampler_options
+from ecdp.commands import add_sampler_arguments, positive_int, sampler_options, set_threads
 from ecdp.errors import UserError
 
 
@@ -50,6 +50,7 @@ def _evaluate(folders, args, process):
     from ecdp.metrics import lpips, lpips_available
     from ecdp.upscaler import Upscaler
 
+    set_threads(args)
     tol = {"atol": args.tol, "rtol": args.tol} if args.tol is not None else {}
     upscaler = Upscaler.from_pretrained(args.checkpoint, device=process.device, **sampler_options(args), **tol)
     scale = upscaler.config.scale

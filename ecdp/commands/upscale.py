@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ecdp import console
 from ecdp.choices import MAX_PIXELS, QUALITY
-from ecdp.commands import add_sampler_arguments, positive_int, sampler_options
+from ecdp.commands import add_sampler_arguments, positive_int, sampler_options, set_threads
 from ecdp.errors import UserError
 
 EPILOG = """\
@@ -130,6 +130,7 @@ def _check_distinct(inputs, paths):
 def _upscaler(args, device):
     from ecdp.upscaler import Upscaler
 
+    set_threads(args)
     return Upscaler.from_pretrained(args.checkpoint, device=device, tile=args.tile, compile=args.compile,
                                     **sampler_options(args))
 
