@@ -79,23 +79,23 @@ ONE_STEP_SOLVERS = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}
 def _solve_dpmpp2m(eps_fn, z, ts, callback=None):
     """DPM-Solver++(2M) on the data prediction implied by the noise estimate.
 
-    With alpha_s = sqrt(a), sigma_s = sqrt(1 - a), lambda = log(alpha_s / sigma_s) and h the step in
-    lambda: z' = sigma_s'/sigma_s z - alpha_s' (e^-h - 1) D, where D is the current data estimate
+    With sqrt_a = sqrt(a), noise_std = sqrt(1 - a), DPM-Solver's lambda = log(sqrt_a / noise_std) (half
+    the log-SNR) and h the step in lambda: z' = noise_std'/noise_std z - sqrt_a' (e^-h - 1) D, where D is the current data estimate
     on the first and the last step, and its second-order extrapolation from the previous one between
     them (the last step, the longest in lambda, is taken at first order as DPM-Solver++ does).
     """
     a = alpha(ts)
-    alpha_s, sigma_s, lam = a.sqrt(), (1 - a).sqrt(), 0.5 * log_snr(ts)
+    sqrt_a, noise_std, half_log_snr = a.sqrt(), (1 - a).sqrt(), 0.5 * log_snr(ts)
     steps = len(ts) - 1
     z0_prev = None
     for i in range(steps):
         z0 = data_estimate(z, ts[i].expand(z.shape[0]), eps_fn(z, ts[i]))
-        h = lam[i + 1] - lam[i]
+        h = half_log_snr[i + 1] - half_log_snr[i]
         d = z0
         if 0 < i < steps - 1:
-            r = (lam[i] - lam[i - 1]) / h
+            r = (half_log_snr[i] - half_log_snr[i - 1]) / h
             d = (1 + 0.5 / r) * z0 - (0.5 / r) * z0_prev
-        z = sigma_s[i + 1] / sigma_s[i] * z - alpha_s[i + 1] * torch.expm1(-h) * d
+        z = noise_std[i + 1] / noise_std[i] * z - sqrt_a[i + 1] * torch.expm1(-h) * d
         z0_prev = z0
         if callback:
             callback()

@@ -12,14 +12,14 @@ BETA_MIN = 0.1
 BETA_MAX = 20.0
 
 
-def beta(t, beta_min=BETA_MIN, beta_max=BETA_MAX):
-    """Linear noise rate beta(t) = beta_min + t (beta_max - beta_min)."""
-    return beta_min + t * (beta_max - beta_min)
+def beta(t):
+    """Linear noise rate beta(t) = BETA_MIN + t (BETA_MAX - BETA_MIN)."""
+    return BETA_MIN + t * (BETA_MAX - BETA_MIN)
 
 
-def alpha(t, beta_min=BETA_MIN, beta_max=BETA_MAX):
+def alpha(t):
     """alpha(t) = exp(-int_0^t beta(s) ds), eq. 11."""
-    return torch.exp(-beta_min * t - 0.5 * (beta_max - beta_min) * t**2)
+    return torch.exp(-BETA_MIN * t - 0.5 * (BETA_MAX - BETA_MIN) * t**2)
 
 
 def marginal_sample(z0, t, eps):
@@ -88,11 +88,11 @@ def log_snr(t):
     return torch.log(a) - torch.log1p(-a)
 
 
-def t_from_log_snr(lam, beta_min=BETA_MIN, beta_max=BETA_MAX):
-    """Inverse of log_snr: solve beta_min t + (beta_max - beta_min) t^2 / 2 = log(1 + e^-lam)."""
-    c = torch.nn.functional.softplus(-lam)
-    d = beta_max - beta_min
-    return 2 * c / (beta_min + torch.sqrt(beta_min**2 + 2 * d * c))
+def t_from_log_snr(log_snr_value):
+    """Inverse of log_snr: solve BETA_MIN t + (BETA_MAX - BETA_MIN) t^2 / 2 = log(1 + e^-log_snr)."""
+    c = torch.nn.functional.softplus(-log_snr_value)
+    d = BETA_MAX - BETA_MIN
+    return 2 * c / (BETA_MIN + torch.sqrt(BETA_MIN**2 + 2 * d * c))
 
 
 def time_grid(steps, *, t_end=1e-3, spacing="uniform", dtype=torch.float64, device=None):
@@ -104,16 +104,16 @@ def time_grid(steps, *, t_end=1e-3, spacing="uniform", dtype=torch.float64, devi
         return torch.linspace(1.0, t_end, steps + 1, dtype=dtype, device=device)
     if spacing == "logsnr":
         ends = [_log_snr_scalar(1.0), _log_snr_scalar(t_end)]
-        lams = torch.linspace(ends[0], ends[1], steps + 1, dtype=torch.float64, device=device)
-        grid = t_from_log_snr(lams)
+        log_snrs = torch.linspace(ends[0], ends[1], steps + 1, dtype=torch.float64, device=device)
+        grid = t_from_log_snr(log_snrs)
         grid[0].fill_(1.0)   # fill_ takes the scalar as a kernel argument: no copy from the host
         grid[-1].fill_(t_end)
         return grid.to(dtype)
     raise ValueError(f"unknown time grid {spacing!r}; choose 'uniform' or 'logsnr'")
 
 
-def _log_snr_scalar(t, beta_min=BETA_MIN, beta_max=BETA_MAX):
-    log_a = -beta_min * t - 0.5 * (beta_max - beta_min) * t**2
+def _log_snr_scalar(t):
+    log_a = -BETA_MIN * t - 0.5 * (BETA_MAX - BETA_MIN) * t**2
     return log_a - math.log(-math.expm1(log_a))
 
 

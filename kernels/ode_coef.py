@@ -3,13 +3,13 @@
 ``ode_update(z_t, eps_hat, z0_hat, coef, base=None, acc=None)`` computes, per sample b, with the
 columns of ``coef[b]`` (fp32, shape (B, 11), columns named by ``COEF_FIELDS``):
 
-    eps_hyb = lam * eps_hat + (1 - lam) * (z_t - sqrt_a * z0_hat) / sigma      (eq. 18)
-    f       = -beta / 2 * (z_t - eps_hyb / sigma)                             (eq. 13, dz/dt)
-    x0_hyb  = (z_t - sigma * eps_hyb) / sqrt_a                                (data estimate)
+    eps_hyb = lam * eps_hat + (1 - lam) * (z_t - sqrt_a * z0_hat) / noise_std  (eq. 18)
+    f       = -beta / 2 * (z_t - eps_hyb / noise_std)                         (eq. 13, dz/dt)
+    x0_hyb  = (z_t - noise_std * eps_hyb) / sqrt_a                            (data estimate)
     z_out   = z_base * base + z_f * f + z_x0 * x0_hyb + z_acc * acc           (base defaults to z_t)
     acc_out = acc_acc * acc + acc_f * f + acc_x0 * x0_hyb                     (acc defaults to 0)
 
-with sqrt_a = sqrt(alpha(t)), sigma = sqrt(1 - alpha(t)), lam the mixing weight at t and beta(t).
+with sqrt_a = sqrt(alpha(t)), noise_std = sqrt(1 - alpha(t)), lam the mixing weight at t and beta(t).
 The builders below give each solver's use (h = s - t < 0 is the step from t to s):
 
 | use                | base | acc         | z_out                                     | acc_out       |
@@ -32,7 +32,7 @@ import torch
 from ecdp.parametrization import mixing_weight
 from ecdp.sde import alpha, beta, log_snr
 
-COEF_FIELDS = ("sqrt_a", "sigma", "lam", "beta",
+COEF_FIELDS = ("sqrt_a", "noise_std", "lam", "beta",
                "z_base", "z_f", "z_x0", "z_acc", "acc_acc", "acc_f", "acc_x0")
 
 # nodes c_i (stage times t + c_i h) and weights b_i
@@ -46,8 +46,8 @@ def ode_coef(t, *, param="hybrid", c=1.0, z_base=1.0, z_f=0.0, z_x0=0.0, z_acc=0
              acc_acc=0.0, acc_f=0.0, acc_x0=0.0):
     """The (B, 11) fp32 coefficients for a network evaluated at per-sample times t (B,).
 
-    The update coefficients are numbers or (B,) tensors; the model ones (sqrt_a, sigma, lam, beta)
-    come from t in float64, so sigma stays accurate near t = 0.
+    The update coefficients are numbers or (B,) tensors; the model ones (sqrt_a, noise_std, lam, beta)
+    come from t in float64, so noise_std stays accurate near t = 0.
     """
     t = torch.as_tensor(t).double()
     a = alpha(t)
@@ -86,8 +86,8 @@ def dpmpp2m_coef(t, s, t_prev=None, **model):
     """One DPM-Solver++(2M) step from t to s; first order (DDIM) when t_prev is None.
 
     ``z, x0 = ode_update(z, eps_hat, z0_hat, coef, acc=x0_prev, write_acc=True)``. With
-    alpha_s = sqrt(a), sigma_s = sqrt(1 - a), l = log(alpha_s / sigma_s), h = l(s) - l(t),
-    r = (l(t) - l(t_prev)) / h: r1 = sigma_s(s) / sigma_s(t), r2 = -alpha_s(s) expm1(-h).
+    sqrt_a = sqrt(a), noise_std = sqrt(1 - a), l = log(sqrt_a / noise_std), h = l(s) - l(t),
+    r = (l(t) - l(t_prev)) / h: r1 = noise_std(s) / noise_std(t), r2 = -sqrt_a(s) expm1(-h).
     """
     t, s = torch.as_tensor(t).double(), torch.as_tensor(s).double()
     a_t, a_s = alpha(t), alpha(s)

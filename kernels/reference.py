@@ -36,12 +36,12 @@ def ode_update(z_t, eps_hat, z0_hat, coef, *, base=None, acc=None, write_acc=Fal
     alias the inputs).
     """
     shape = (-1,) + (1,) * (z_t.dim() - 1)
-    (sqrt_a, sigma, lam, beta, z_base, z_f, z_x0, z_acc,
+    (sqrt_a, noise_std, lam, beta, z_base, z_f, z_x0, z_acc,
      acc_acc, acc_f, acc_x0) = (v.reshape(shape) for v in coef.float().unbind(-1))
     z = z_t.float()
-    eps_hyb = lam * eps_hat.float() + (1 - lam) * (z - sqrt_a * z0_hat.float()) / sigma
-    f = -0.5 * beta * (z - eps_hyb / sigma)
-    x0_hyb = (z - sigma * eps_hyb) / sqrt_a
+    eps_hyb = lam * eps_hat.float() + (1 - lam) * (z - sqrt_a * z0_hat.float()) / noise_std
+    f = -0.5 * beta * (z - eps_hyb / noise_std)
+    x0_hyb = (z - noise_std * eps_hyb) / sqrt_a
     state = z_t if base is None else base
     acc_f32 = 0.0 if acc is None else acc.float()
     z_next = z_base * state.float() + z_f * f + z_x0 * x0_hyb + z_acc * acc_f32

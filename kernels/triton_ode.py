@@ -38,16 +38,16 @@ def _ode_update(z_ptr, e_ptr, x0h_ptr, base_ptr, acc_ptr, coef_ptr, out_ptr, acc
         s = s.to(tl.int64)
         c = c.to(tl.int64)
     k = coef_ptr + b * scoef
-    sqrt_a, sigma, lam, beta = tl.load(k), tl.load(k + 1), tl.load(k + 2), tl.load(k + 3)
+    sqrt_a, noise_std, lam, beta = tl.load(k), tl.load(k + 1), tl.load(k + 2), tl.load(k + 3)
     z_base, z_f, z_x0, z_acc = tl.load(k + 4), tl.load(k + 5), tl.load(k + 6), tl.load(k + 7)
     acc_acc, acc_f, acc_x0 = tl.load(k + 8), tl.load(k + 9), tl.load(k + 10)
 
     z = _load(z_ptr, b, c, s, szb, szc, szs, mask)
     eps_hat = _load(e_ptr, b, c, s, seb, sec, ses, mask)
     z0_hat = _load(x0h_ptr, b, c, s, sxb, sxc, sxs, mask)
-    eps_hyb = lam * eps_hat + (1.0 - lam) * (z - sqrt_a * z0_hat) / sigma
-    f = -0.5 * beta * (z - eps_hyb / sigma)
-    x0_hyb = (z - sigma * eps_hyb) / sqrt_a
+    eps_hyb = lam * eps_hat + (1.0 - lam) * (z - sqrt_a * z0_hat) / noise_std
+    f = -0.5 * beta * (z - eps_hyb / noise_std)
+    x0_hyb = (z - noise_std * eps_hyb) / sqrt_a
     z_next = z_f * f + z_x0 * x0_hyb
     acc_next = acc_f * f + acc_x0 * x0_hyb
     if HAS_BASE:
