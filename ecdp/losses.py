@@ -2,39 +2,58 @@
 
 ``net(z_t, t, cond) -> (eps_hat, z0_hat)`` is the denoiser contract; ``z0 = (x - mu) / sigma``.
 """
+import functools
+
 import torch
 
 from ecdp.sampling import ONE_STEP_SOLVERS, drift_fn, noise_fn, solve
-from ecdp.sde import marginal_sample, prior_sample, time_grid
+from ecdp.sde import marginal_sample, time_grid
 
 ADJOINT_SOLVERS = ONE_STEP_SOLVERS
 
 
-def score_matching_loss(net, z0, cond, *, t_eps=1e-5, generator=None, param_weights=(1.0, 1.0)):
+def batch_noise(draw, shape, *, generator=None, batch_slice=(0, 1), dtype=None, device=None):
+    """draw(shape) (torch.rand or torch.randn) for this process's part of a global batch.
+
+    batch_slice (rank, world): the batch of `shape[0]` samples is the rank-th of `world` equal parts
+    of the global batch; the noise of the whole global batch is drawn from `generator` and this
+    part returned, so each sample's noise depends on its place in the global batch, not on how many
+    processes share it (world 1 draws exactly `draw(shape)`).
+    """
+    rank, world = batch_slice
+    full = draw((shape[0] * world, *shape[1:]), generator=generator, dtype=dtype, device=device)
+    return full[rank * shape[0]:(rank + 1) * shape[0]]
+
+
+def score_matching_loss(net, z0, cond, *, t_eps=1e-5, generator=None, batch_slice=(0, 1),
+                        param_weights=(1.0, 1.0)):
     """Eq. 16: mean over pixels of w_eps |eps_hat - eps|^2 + w_z0 |z0_hat - z0|^2.
 
     t ~ U[t_eps, 1] per sample, eps ~ N(0, I), z_t = sqrt(a) z0 + sqrt(1 - a) eps; param_weights
-    (w_eps, w_z0) weigh the two heads, equal in the paper.
+    (w_eps, w_z0) weigh the two heads, equal in the paper. The noise is drawn by batch_noise.
     """
-    like = dict(dtype=z0.dtype, device=z0.device)
-    t = t_eps + (1 - t_eps) * torch.rand(z0.shape[0], generator=generator, **like)
-    eps = torch.randn(z0.shape, generator=generator, **like)
+    noise = functools.partial(batch_noise, generator=generator, batch_slice=batch_slice, dtype=z0.dtype,
+                              device=z0.device)
+    t = t_eps + (1 - t_eps) * noise(torch.rand, (z0.shape[0],))
+    eps = noise(torch.randn, z0.shape)
     eps_hat, z0_hat = net(marginal_sample(z0, t, eps), t, cond)
     w_eps, w_z0 = param_weights
     return w_eps * (eps_hat - eps).square().mean() + w_z0 * (z0_hat - z0).square().mean()
 
 
 def quality_loss(net, y, x, mu, sigma, cond, feature, *, solver="heun", steps=10, grid="logsnr",
-                 param="hybrid", c=1.0, t_end=1e-3, adjoint=True, generator=None):
+                 param="hybrid", c=1.0, t_end=1e-3, adjoint=True, generator=None, batch_slice=(0, 1)):
     """Eq. 19: mean |F(SR) - F(x)|, SR = clamp(mu + sigma z_end, 0, 1), z_end the probability-flow
     solve from z1 ~ N(0, I) at t = 1 to t_end.
 
     Gradients reach the parameters of `net` and `cond` (so the encoder trains through it); `cond`
     None encodes `y` here. adjoint=False backpropagates through `ecdp.sampling.solve` (any solver);
-    adjoint=True uses the discrete adjoint of `_DiscreteAdjoint` (euler, heun, rk4).
+    adjoint=True uses the discrete adjoint of `_DiscreteAdjoint` (euler, heun, rk4). z1 is drawn by
+    batch_noise (eq. 12).
     """
     cond = net.encode(y) if cond is None else cond
-    z1 = prior_sample(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    z1 = batch_noise(torch.randn, x.shape, generator=generator, batch_slice=batch_slice, dtype=x.dtype,
+                     device=x.device)
     options = dict(solver=solver, steps=steps, grid=grid, param=param, c=c, t_end=t_end)
     z_end = adjoint_solve(net, z1, cond, **options) if adjoint else solve(net, z1, cond, **options)[0]
     sr = (mu + sigma * z_end).clamp(0, 1)

@@ -28,11 +28,6 @@ def marginal_sample(z0, t, eps):
     return a.sqrt() * z0 + (1 - a).sqrt() * eps
 
 
-def prior_sample(shape, *, generator=None, device=None, dtype=torch.float32):
-    """z(1) ~ N(0, I): eq. 12 in z."""
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
-
 NOISE_BLOCK = 512
 
 

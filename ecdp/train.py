@@ -8,8 +8,10 @@
 Adam with a learning rate per module (denoiser, encoder), linear warm-up and step decay (a pure
 function of the step), gradient value clipping, EMA weights. A checkpoint (``OUT/checkpoints/step-N``,
 see ecdp.checkpoints) holds the weights, EMA, optimizer and torch RNG states; all other randomness
-is derived from (seed, step, rank) and (seed, epoch, index), so a resumed run continues exactly.
-Under ``torchrun`` the loss module runs in DistributedDataParallel and rank 0 alone writes files.
+is derived from (seed, step) and (seed, epoch, index), so a resumed run continues exactly. Under
+``torchrun`` the loss module runs in DistributedDataParallel and rank 0 alone writes files; each
+process takes its slice of every global batch and of its noise (ecdp.losses.batch_noise), so
+several processes train as one process would on the same global batch, up to float rounding.
 
 Speed: bf16 autocast (train.amp), channels_last memory format (train.channels_last) and torch.compile
 of the loss module (train.compile, around DDP) change the results only by float rounding. The step
@@ -108,20 +110,22 @@ class DiffusionLoss(nn.Module):
     """Score matching (eq. 16) in z = (x - mu) / sigma, plus weight * quality loss (eq. 19) when a
     feature map is given. DDP wraps this module, so its hooks see every use of the network."""
 
-    def __init__(self, net, *, scale, sigma, t_eps, feature=None, weight=0.0, quality_options=None):
+    def __init__(self, net, *, scale, sigma, t_eps, feature=None, weight=0.0, quality_options=None,
+                 batch_slice=(0, 1)):
         super().__init__()
         self.net, self.feature, self.up = net, feature, BicubicUp(scale)
-        self.sigma, self.t_eps = sigma, t_eps
+        self.sigma, self.t_eps, self.batch_slice = sigma, t_eps, batch_slice
         self.weight, self.quality_options = weight, quality_options or {}
 
     def forward(self, y, x, generator):
         mu = self.up(y)
         cond = self.net.encode(y)
-        loss = score_matching_loss(self.net, (x - mu) / self.sigma, cond, t_eps=self.t_eps, generator=generator)
+        loss = score_matching_loss(self.net, (x - mu) / self.sigma, cond, t_eps=self.t_eps, generator=generator,
+                                   batch_slice=self.batch_slice)
         if self.feature is None:
             return loss
         quality = quality_loss(self.net, y, x, mu, self.sigma, cond, self.feature, generator=generator,
-                               **self.quality_options)
+                               batch_slice=self.batch_slice, **self.quality_options)
         return loss + self.weight * quality
 
 
@@ -310,8 +314,7 @@ class Trainer:
         y, x = (v.to(self.process.device, non_blocking=True, memory_format=self._memory_format()) for v in batch)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor(self.step, self.settings)
-        generator = derived_generator(NOISE, self.settings.seed, self.step, self.process.rank,
-                                      device=self.process.device)
+        generator = derived_generator(NOISE, self.settings.seed, self.step, device=self.process.device)
         amp = self.process.device.type == "cuda" and self.settings.amp
         with torch.autocast(self.process.device.type, dtype=torch.bfloat16, enabled=amp):
             loss = self.wrapped(y, x, generator)
@@ -341,7 +344,8 @@ class Trainer:
         init_sigma = None if state else self._init_weights(net)
         sigma = state["sigma"] if state else self._sigma(init_sigma)
         _freeze_unused(net.encoder)
-        options = dict(scale=model.scale, sigma=sigma, t_eps=settings.t_eps)
+        options = dict(scale=model.scale, sigma=sigma, t_eps=settings.t_eps,
+                       batch_slice=(self.process.rank, self.process.world))
         if self.stage == "quality":
             q = self.config.quality_stage
             options.update(feature=feature_map(q.feature, q.feature_weights), weight=q.weight, quality_options=dict(
