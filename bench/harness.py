@@ -22,7 +22,7 @@ CUDA = DEVICE.type == "cuda"
 # One CPU thread unless ECDP_BENCH_THREADS says otherwise: on a machine shared with other work, a
 # descheduled second OpenMP thread stalls every parallel region (10x slower runs were measured).
 THREADS = int(os.environ.get("ECDP_BENCH_THREADS", 1))
-ENGINE_DTYPE = torch.bfloat16 if CUDA else torch.float32   # the fast path's precision
+ENGINE_DTYPE = torch.bfloat16 if CUDA else torch.float32   # the GPU fast path's precision; the CPU's is in bench_cpu_engine
 SEED = 0
 RANDOM = "preset, random weights (ResBlock conv2 re-drawn, std 0.02)"
 

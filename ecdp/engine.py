@@ -45,7 +45,7 @@ class CachedDenoiser(nn.Module):
         if channels_last:
             net.to(memory_format=torch.channels_last)
         self.denoiser = torch.compile(net.denoiser, mode=compile_mode, dynamic=False) if compile_mode else net.denoiser
-        self.weight_dtype = next(net.denoiser.parameters()).dtype
+        self.weight_dtype = net.denoiser.conv_in.weight.dtype
 
     def _autocast(self, device):
         if self.dtype in (None, torch.float32):
@@ -59,7 +59,9 @@ class CachedDenoiser(nn.Module):
         """Per-block conditioning for the LR batch y, valid for every t of the solve."""
         hr_size = (y.shape[-2] * self.scale, y.shape[-1] * self.scale)
         with self._autocast(y.device):
-            features = self.net.encode(self._layout(y)).to(self.weight_dtype)
+            features = self.net.encode(self._layout(y))
+            if self.weight_dtype != torch.float32:   # cpu_network's bf16 denoiser
+                features = features.to(self.weight_dtype)
             return self.net.denoiser.block_conditioning(features, hr_size, project_first=True)
 
     def forward(self, z_t, t, cond):
@@ -68,15 +70,21 @@ class CachedDenoiser(nn.Module):
         return eps_hat.float(), z0_hat.float()
 
 
+def bf16_supported() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU at all (it needs AVX-512 BW/VL/DQ, natively
+    or emulated); without it a bf16 convolution raises."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def native_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo), where
-    oneDNN's bf16 convolutions run about twice as fast as fp32; False where that cannot be read."""
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo) and oneDNN
+    uses it, where bf16 convolutions run about twice as fast as fp32; False where that cannot be read."""
     try:
         with open("/proc/cpuinfo") as info:
             flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
     except OSError:
         return False
-    return torch.backends.mkldnn.is_available() and bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags)) and bf16_supported()
 
 
 class OneDNNConv1x1(nn.Conv2d):
@@ -101,7 +109,8 @@ def cpu_network(net: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module
     net = copy.deepcopy(net)
     net.denoiser.to(dtype)
     for module in net.modules():
-        if type(module) is nn.Conv2d and module.kernel_size == (1, 1) and torch.backends.mkldnn.is_available():
+        pointwise = module.kernel_size == (1, 1) and module.padding == (0, 0) if type(module) is nn.Conv2d else False
+        if pointwise and torch.backends.mkldnn.is_available():
             module.__class__ = OneDNNConv1x1
     return net.to(memory_format=torch.channels_last).eval()
 
@@ -190,15 +199,20 @@ def fast_engine(net, config, device, *, precision="auto", compile_mode=None, **s
     """(FastResolver, precision): the fast engine as every entry point runs it on `device`.
 
     precision "auto" is "bf16" on CUDA and on CPUs with bf16 arithmetic (native_bf16), else
-    "fp32". On CUDA the network runs under autocast (fp32 GroupNorm statistics); on the CPU the
-    resolver runs cpu_network(net, dtype) in channels_last. sampler: solver, steps, grid, atol,
-    rtol, t_end as for SuperResolver. Raises ValueError for an unknown precision.
+    "fp32"; dopri5 gets fp32 on the CPU (its error control would see bf16's rounding). On CUDA the
+    network runs under autocast (fp32 GroupNorm statistics); on the CPU the resolver runs
+    cpu_network(net, dtype) in channels_last: a copy, made here, that later changes to `net` do not
+    reach. sampler: solver, steps, grid, atol, rtol, t_end as for SuperResolver. Raises ValueError
+    for an unknown precision, or bf16 on a CPU where oneDNN has no bf16 convolutions.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     on_gpu = torch.device(device).type == "cuda"
     if precision == "auto":
-        precision = "bf16" if on_gpu or native_bf16() else "fp32"
+        adaptive = sampler.get("solver") == "dopri5"
+        precision = "bf16" if on_gpu or native_bf16() and not adaptive else "fp32"
+    if precision == "bf16" and not on_gpu and not bf16_supported():
+        raise ValueError("precision bf16 needs a CPU with AVX-512 (oneDNN's bf16 convolutions); use fp32")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     if on_gpu:
         return fast_resolver(net, config, dtype=dtype, compile_mode=compile_mode, **sampler), precision

@@ -40,7 +40,8 @@ class Upscaler:
     GPU; on the CPU it runs ``ecdp.engine.cpu_network`` (channels_last, 1x1 convolutions on oneDNN);
     "reference" is the plain method. precision is the fast engine's network precision: "auto"
     (bf16 on CUDA and on CPUs with bf16 arithmetic, ``ecdp.engine.native_bf16``; fp32 elsewhere),
-    "fp32" or "bf16" (the one chosen is kept in ``precision``); the ODE state stays fp32. compile=True runs the fast engine's cached
+    "fp32" or "bf16" (the one chosen is kept in ``precision``; see ``ecdp.engine.fast_engine``); the
+    ODE state stays fp32. On the CPU the fast engine runs a copy of `net` made here. compile=True runs the fast engine's cached
     denoiser through torch.compile. One Upscaler may be shared by several threads: calls are
     serialized.
     """
@@ -71,14 +72,19 @@ class Upscaler:
         if precision not in PRECISIONS:
             raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if engine == "reference":
-            if compile or precision != "auto":
-                raise UserError("compile and precision are options of engine='fast'")
+            if compile:
+                raise UserError("compile=True needs engine='fast'")
+            if precision == "bf16":
+                raise UserError("precision='bf16' needs engine='fast' (the reference engine runs fp32)")
             self.precision = "fp32"
             return SuperResolver(self.net, self.config, **sampler).latent
         if engine != "fast":
             raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-        resolver, self.precision = fast_engine(self.net, self.config, self.device, precision=precision,
-                                               compile_mode="default" if compile else None, **sampler)
+        try:
+            resolver, self.precision = fast_engine(self.net, self.config, self.device, precision=precision,
+                                                   compile_mode="default" if compile else None, **sampler)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         if self.device.type == "cuda" and self.solver != "dopri5":
             return graphed_latent(resolver)
         return resolver.latent

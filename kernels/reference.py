@@ -1,4 +1,5 @@
 """Exact PyTorch references of the fused kernels."""
+import torch
 import torch.nn.functional as F
 
 
@@ -13,12 +14,12 @@ def group_norm_silu(x, weight, bias, groups, *, add_channel=None, add=None, eps=
     channels_last).
     The second add and the SiLU run in place on tensors made here (the SiLU only without autograd).
     """
-    if add_channel is not None:
+    fresh = add_channel is not None   # x is then a tensor made here, which the second add may overwrite
+    if fresh:
         x = x + add_channel[:, :, None, None]
-        if add is not None:
-            x.add_(add)
-    elif add is not None:
-        x = x + add
+    if add is not None:
+        keeps = torch.result_type(x, add) == x.dtype and torch.broadcast_shapes(x.shape, add.shape) == x.shape
+        x = x.add_(add) if fresh and keeps else x + add
     if x.device.type == "cpu" and x.dtype == weight.dtype:
         y = F.group_norm(x, groups, weight, bias, eps)
     else:

@@ -113,7 +113,12 @@ def test_training_off_a_terminal_logs_a_line_per_logging_interval(tmp_path, caps
 
 
 def test_the_command_keeps_freed_memory_where_glibc_allows():
+    """In a child process: the setting would stay with the test process."""
     import platform
+    import subprocess
+    import sys
 
-    from ecdp.cli import keep_freed_memory
-    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+    code = "from ecdp.cli import keep_freed_memory; print(keep_freed_memory())"
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert printed.strip() == str(glibc)

@@ -16,6 +16,7 @@ test_upscaler; 4 steps give the same picture):
 import pytest
 import torch
 
+from ecdp.engine import bf16_supported
 from ecdp.tiling import sample_tiled, tile_starts
 from ecdp.upscaler import Upscaler
 from test_upscaler import SCALE, recorded, save_tiny_model
@@ -89,7 +90,9 @@ def test_tiled_matches_untiled_away_from_the_seams(runs):
     assert diff[away_from_the_seams()].max() < 0.04
 
 
-@pytest.mark.parametrize("options", [{"engine": "reference"}, {"precision": "fp32"}, {"precision": "bf16"}],
+@pytest.mark.parametrize("options", [{"engine": "reference"}, {"precision": "fp32"},
+                                     pytest.param({"precision": "bf16"}, marks=pytest.mark.skipif(
+                                         not bf16_supported(), reason="oneDNN has no bf16 convolutions here"))],
                          ids=["reference", "fast-fp32", "fast-bf16"])
 def test_every_engine_tiles_as_the_reference_does(runs, options):
     """Each engine's tiled image against its own untiled one: the same bound as the reference's."""
