@@ -18,7 +18,7 @@ def group_norm_silu(x, weight, bias, groups, *, add_channel=None, add=None, eps=
     if fresh:
         x = x + add_channel[:, :, None, None]
     if add is not None:
-        keeps = torch.result_type(x, add) == x.dtype and torch.broadcast_shapes(x.shape, add.shape) == x.shape
+        keeps = add.shape == x.shape and torch.result_type(x, add) == x.dtype
         x = x.add_(add) if fresh and keeps else x + add
     if x.device.type == "cpu" and x.dtype == weight.dtype:
         y = F.group_norm(x, groups, weight, bias, eps)
