@@ -10,11 +10,14 @@ takes the newest intact one and names the damaged ones.
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
@@ -138,3 +141,55 @@ def _write(path, data):
 
 def _sha256(data):
     return hashlib.sha256(data).hexdigest()
+
+
+def optimizer_tensors(optimizer):
+    """The tensors of the optimizer state, flattened to ``state.{param_index}.{name}``."""
+    state = optimizer.state_dict()["state"]
+    return {f"state.{i}.{k}": v for i, s in state.items() for k, v in s.items() if torch.is_tensor(v)}
+
+
+def optimizer_meta(optimizer):
+    """The JSON part of the optimizer state: param groups and non-tensor per-parameter values."""
+    sd = optimizer.state_dict()
+    scalars = {f"{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items() if not torch.is_tensor(v)}
+    return {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_state_dict(tensors, meta, optimizer):
+    """Rebuild an optimizer state dict from its flattened tensors and JSON part."""
+    state = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    groups = [{k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()}
+              for saved, current in zip(meta["param_groups"], optimizer.param_groups)]
+    return {"state": state, "param_groups": groups}
+
+
+def torch_rng_state():
+    """The torch generators' states (CPU and every CUDA device), as tensors for a checkpoint."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"cpu": torch.get_rng_state(), **{f"cuda.{i}": s for i, s in enumerate(cuda)}}
+
+
+def python_rng_state():
+    """Python's and numpy's global generator states, as JSON for a checkpoint."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
+
+
+def set_rng_state(state, tensors):
+    """Restore what torch_rng_state (tensors) and python_rng_state (state) saved."""
+    torch.set_rng_state(tensors["cpu"])
+    cuda = [tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in tensors))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))

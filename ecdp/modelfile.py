@@ -204,3 +204,27 @@ def resolve_model(path):
     if not (DEFAULT_MODEL / CONFIG).is_file():
         raise ModelFileError("no built-in default model is installed yet; pass a model folder (--checkpoint PATH).")
     return DEFAULT_MODEL
+
+
+ENCODER_FILE = "encoder.safetensors"
+"""The encoder stage's output in its run folder (``train.init_encoder`` of the score stage)."""
+
+
+def write_encoder(path, encoder, preset):
+    """Encoder weights as safetensors, with the preset in the metadata."""
+    state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "ecdp-encoder", "preset": preset})
+
+
+def read_encoder(path, encoder):
+    """The state dict of an encoder-stage output (its folder or its file) that fits ``encoder``."""
+    path = Path(path)
+    path = path / ENCODER_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"train.init_encoder: {path} does not exist (expected the encoder stage's {ENCODER_FILE}).")
+    state = load_file(str(path))
+    expected = encoder.state_dict()
+    if state.keys() != expected.keys() or any(state[k].shape != v.shape for k, v in expected.items()):
+        raise UserError(f"{path} does not fit the encoder of model.preset (trained with another preset?).")
+    return state

@@ -20,15 +20,17 @@ only every log_every steps (loss, divergence and time checks). The step is not c
 graph: its noise comes from a generator seeded per step, Adam's learning rate and step count live
 on the host, and DDP and the adjoint's backward launch work that a capture would freeze.
 
+What each stage minimizes is in ecdp.objectives, the checkpoint files and the optimizer and RNG
+states they hold in ecdp.checkpoints, the encoder stage's file in ecdp.modelfile, ``OUT/log.csv``
+in ecdp.trainlog; this module runs the stages.
+
 Nothing is lost or half written: OUT is checked before any work; a resumed run starts from the
 newest intact checkpoint and refuses config changes that would alter the model or the data order
 (ecdp.config.resume_changes); a non-finite loss or weight stops the run before it is saved; events
 (resumes, their changes, damaged checkpoints, skipped images) are appended to ``OUT/train.log``.
 """
 import copy
-import csv
 import os
-import random
 import sys
 import time
 import warnings
@@ -36,30 +38,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ecdp import console
-from ecdp.checkpoints import (CHECKPOINTS, latest_checkpoint, remove_checkpoint, resume_point,
-                              save_checkpoint)
+from ecdp.checkpoints import (CHECKPOINTS, latest_checkpoint, optimizer_meta, optimizer_state_dict,
+                              optimizer_tensors, python_rng_state, remove_checkpoint, resume_point,
+                              save_checkpoint, set_rng_state, torch_rng_state)
 from ecdp.config import resume_changes
 from ecdp.data import NOISE, BatchOrder, DataWarning, SRDataset, derived_generator, estimate_sigma
 from ecdp.errors import UserError
 from ecdp.features import feature_map
 from ecdp.fileio import atomic_path, check_writable, os_errors, remove_stale_temporaries
-from ecdp.losses import quality_loss, score_matching_loss
-from ecdp.modelfile import ModelConfig, load_model, save_model
-from ecdp.nets import PRESETS, RRDBEncoder, build
-from ecdp.resize import resize_matrix
+from ecdp.modelfile import ENCODER_FILE, ModelConfig, load_model, read_encoder, save_model, write_encoder
+from ecdp.nets import PRESETS, build
+from ecdp.objectives import DiffusionLoss, RegressionLoss, Regressor
+from ecdp.trainlog import LossLog
 
-ENCODER_FILE = "encoder.safetensors"
 LOG = "log.csv"
 EVENTS = "train.log"
 MIN_SIGMA = 1e-4
@@ -78,78 +77,6 @@ class Process:
     @property
     def is_main(self):
         return self.rank == 0
-
-
-class Regressor(nn.Module):
-    """The encoder-stage network: x ~ mu(y) + head(encoder(y)); the head upsamples by pixel shuffle."""
-
-    def __init__(self, cfg, scale):
-        super().__init__()
-        self.up = BicubicUp(scale)
-        self.encoder = RRDBEncoder(cfg)
-        self.head = nn.Sequential(nn.Conv2d(cfg.cond_channels, cfg.enc_nf * scale**2, 3, padding=1),
-                                  nn.PixelShuffle(scale), nn.LeakyReLU(0.2),
-                                  nn.Conv2d(cfg.enc_nf, 3, 3, padding=1))
-
-    def forward(self, y):
-        return self.up(y) + self.head(self.encoder(y))
-
-
-class RegressionLoss(nn.Module):
-    """L1 between the regressor's output and x."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, y, x, generator):
-        return F.l1_loss(self.net(y), x)
-
-
-class DiffusionLoss(nn.Module):
-    """Score matching (eq. 16) in z = (x - mu) / sigma, plus weight * quality loss (eq. 19) when a
-    feature map is given. DDP wraps this module, so its hooks see every use of the network."""
-
-    def __init__(self, net, *, scale, sigma, t_eps, feature=None, weight=0.0, quality_options=None,
-                 batch_slice=(0, 1)):
-        super().__init__()
-        self.net, self.feature, self.up = net, feature, BicubicUp(scale)
-        self.sigma, self.t_eps, self.batch_slice = sigma, t_eps, batch_slice
-        self.weight, self.quality_options = weight, quality_options or {}
-
-    def forward(self, y, x, generator):
-        mu = self.up(y)
-        cond = self.net.encode(y)
-        loss = score_matching_loss(self.net, (x - mu) / self.sigma, cond, t_eps=self.t_eps, generator=generator,
-                                   batch_slice=self.batch_slice)
-        if self.feature is None:
-            return loss
-        quality = quality_loss(self.net, y, x, mu, self.sigma, cond, self.feature, generator=generator,
-                               batch_slice=self.batch_slice, **self.quality_options)
-        return loss + self.weight * quality
-
-
-class BicubicUp:
-    """mu(y) = up(y) (ecdp.resize.upscale) in float32, also under autocast: in bf16 its rounding (about
-    2e-3) would be a visible error in z0 = (x - mu) / sigma. Its resize matrices are made once per size
-    and device, so the training step copies nothing from the host (on CUDA such a copy waits for
-    the GPU)."""
-
-    def __init__(self, scale):
-        self.scale, self.matrices = scale, {}
-
-    def __call__(self, y):
-        with torch.autocast(y.device.type, enabled=False):
-            y = y.float()
-            a_h, a_w = (self._matrix(n, y.device) for n in y.shape[-2:])
-            return a_h @ y @ a_w.T
-
-    @torch.compiler.disable   # under torch.compile too, the cached matrix enters the graph as an input
-    def _matrix(self, size, device):
-        key = (size, device)
-        if key not in self.matrices:
-            self.matrices[key] = resize_matrix(size, size * self.scale, device=device)
-        return self.matrices[key]
 
 
 def train(config, *, stage, out, resume=False, device=None):
@@ -219,7 +146,7 @@ class Trainer:
         if self.process.is_main:
             self._begin()
         batches = iter(self._loader())
-        log = _Log(self.out / LOG, self.step, self.process)
+        log = LossLog(self.out / LOG, self.step, self.process)
         deadline = time.monotonic() + 60 * self.settings.minutes if self.settings.minutes else None
         last = self.step >= self.settings.steps
         self.bad_step = torch.zeros((), dtype=torch.long, device=self.process.device)
@@ -414,22 +341,22 @@ class Trainer:
     def _state(self, unreadable):
         return {"stage": self.stage, "step": self.step, "sigma": self.sigma, "world": self.process.world,
                 "data": {"samples": self.samples, "unreadable": unreadable},
-                "optimizer": _optimizer_meta(self.optimizer), "rng": _python_rng_state(),
+                "optimizer": optimizer_meta(self.optimizer), "rng": python_rng_state(),
                 "config": self.config.to_dict()}
 
     def _tensors(self):
         return {"model": self.net.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": _optimizer_tensors(self.optimizer), "rng": _torch_rng_state()}
+                "optimizer": optimizer_tensors(self.optimizer), "rng": torch_rng_state()}
 
     def _load(self, state, tensors):
         self.net.load_state_dict(tensors["model"])
         self.ema.load_state_dict(tensors["ema"])
-        saved = _optimizer_state_dict(tensors["optimizer"], state["optimizer"], self.optimizer)
+        saved = optimizer_state_dict(tensors["optimizer"], state["optimizer"], self.optimizer)
         configured = [group["initial_lr"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(saved)
         for group, lr in zip(self.optimizer.param_groups, configured):  # train.lr may change on resume
             group["initial_lr"] = lr
-        _set_rng_state(state["rng"], tensors["rng"])
+        set_rng_state(state["rng"], tensors["rng"])
         self.step, self.samples = state["step"], state["data"]["samples"]
 
     def _export(self):
@@ -485,109 +412,3 @@ def _freeze_unused(encoder):
         block.requires_grad_(False)
 
 
-def write_encoder(path, encoder, preset):
-    """Encoder weights as safetensors, with the preset in the metadata."""
-    state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "ecdp-encoder", "preset": preset})
-
-
-def read_encoder(path, encoder):
-    """The state dict of an encoder-stage output (its folder or its file) that fits ``encoder``."""
-    path = Path(path)
-    path = path / ENCODER_FILE if path.is_dir() else path
-    if not path.is_file():
-        raise UserError(f"train.init_encoder: {path} does not exist (expected the encoder stage's {ENCODER_FILE}).")
-    state = load_file(str(path))
-    expected = encoder.state_dict()
-    if state.keys() != expected.keys() or any(state[k].shape != v.shape for k, v in expected.items()):
-        raise UserError(f"{path} does not fit the encoder of model.preset (trained with another preset?).")
-    return state
-
-
-def _optimizer_tensors(optimizer):
-    """The tensors of the optimizer state, flattened to ``state.{param_index}.{name}``."""
-    state = optimizer.state_dict()["state"]
-    return {f"state.{i}.{k}": v for i, s in state.items() for k, v in s.items() if torch.is_tensor(v)}
-
-
-def _optimizer_meta(optimizer):
-    """The JSON part of the optimizer state: param groups and non-tensor per-parameter values."""
-    sd = optimizer.state_dict()
-    scalars = {f"{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items() if not torch.is_tensor(v)}
-    return {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _optimizer_state_dict(tensors, meta, optimizer):
-    """Rebuild an optimizer state dict from its flattened tensors and JSON part."""
-    state = {}
-    for key, value in tensors.items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = value
-    for key, value in meta["scalars"].items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    groups = [{k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()}
-              for saved, current in zip(meta["param_groups"], optimizer.param_groups)]
-    return {"state": state, "param_groups": groups}
-
-
-def _torch_rng_state():
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {"cpu": torch.get_rng_state(), **{f"cuda.{i}": s for i, s in enumerate(cuda)}}
-
-
-def _python_rng_state():
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
-
-
-def _set_rng_state(state, tensors):
-    torch.set_rng_state(tensors["cpu"])
-    cuda = [tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in tensors))]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-class _Log:
-    """The mean loss over each logging interval (and over processes), appended to OUT/log.csv by rank 0."""
-
-    def __init__(self, path, step, process):
-        self.path, self.process = path, process
-        self.total, self.count, self.since = 0.0, 0, (step, time.perf_counter())
-        if process.is_main:
-            _truncate_log(path, step)
-
-    def add(self, loss):
-        self.total, self.count = self.total + loss, self.count + 1
-
-    def write(self, step, lr):
-        """Append one row; return the mean loss."""
-        mean = self.total / self.count
-        if self.process.world > 1:
-            dist.all_reduce(mean)
-            mean = mean / self.process.world
-        mean = float(mean)
-        last_step, last_time = self.since
-        rate = (step - last_step) / max(time.perf_counter() - last_time, 1e-9)
-        if self.process.is_main:
-            with os_errors(self.path), open(self.path, "a", newline="") as f:
-                csv.writer(f).writerow([step, f"{mean:.6g}", f"{lr:.6g}", f"{rate:.4g}"])
-        self.total, self.count, self.since = 0.0, 0, (step, time.perf_counter())
-        return mean
-
-
-def _truncate_log(path, step):
-    """Start OUT/log.csv, or keep only its whole rows up to ``step`` (those after a resumed checkpoint,
-    and a row cut short by a killed process, go)."""
-    with os_errors(path):
-        rows = list(csv.reader(path.open())) if path.is_file() else []
-    header = ["step", "loss", "lr", "it/s"]
-    rows = [header] + [r for r in rows[1:] if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= step]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(rows)

@@ -11,9 +11,9 @@ from ecdp.cli import main
 from ecdp.config import load_config, resume_changes
 from ecdp.data import SRDataset, estimate_sigma
 from ecdp.errors import UserError
-from ecdp.modelfile import load_model
+from ecdp.modelfile import ENCODER_FILE, load_model
 from ecdp.nets import PRESETS, RRDBEncoder
-from ecdp.train import ENCODER_FILE, Process, Trainer, _freeze_unused, latest_checkpoint, lr_factor, train
+from ecdp.train import Process, Trainer, _freeze_unused, latest_checkpoint, lr_factor, train
 from test_data import write_images
 
 TINY = str(Path(__file__).parent.parent / "configs" / "tiny.yaml")
