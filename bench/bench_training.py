@@ -12,7 +12,8 @@ from bench.harness import CUDA, DEVICE, dtype_name, measure, random_model
 from bench.roofline import work
 from ecdp.config import load_config
 from ecdp.modelfile import ModelConfig, save_model
-from ecdp.train import Process, Trainer
+from ecdp.ranks import Ranks
+from ecdp.train import Trainer
 
 PRESETS = ["tiny", "small"]
 CROP, BATCH = (128, 32) if CUDA else (32, 2)   # HR crops: configs/small_x4.yaml on a GPU
@@ -45,7 +46,7 @@ def test_training_steps(benchmark, images, tmp_path, preset, stage, speed):
         f"model.preset={preset}", "model.sigma=0.1", f"data.hr=[{images}]", f"data.crop={CROP}", "data.workers=0",
         f"train.batch={BATCH}", f"train.init={init}", "quality_stage.feature=pixel", "quality_stage.solver=heun",
         f"quality_stage.ode_steps={QUALITY_STEPS}", *SPEED_KEYS[speed]])
-    trainer = Trainer(config, stage, tmp_path / "out", Process(0, 1, DEVICE), resume=False)
+    trainer = Trainer(config, stage, tmp_path / "out", Ranks(0, 1, DEVICE), resume=False)
     batch = next(iter(trainer._loader()))
     nfe = 2 * QUALITY_STEPS if stage == "quality" else 0
     measure(benchmark, lambda: trainer._train_step(batch), rounds=ROUNDS, warmup=WARMUP, batch=BATCH,

@@ -30,11 +30,9 @@ newest intact checkpoint and refuses config changes that would alter the model o
 (resumes, their changes, damaged checkpoints, skipped images) are appended to ``OUT/train.log``.
 """
 import copy
-import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -57,6 +55,7 @@ from ecdp.fileio import atomic_path, check_writable, os_errors, remove_stale_tem
 from ecdp.modelfile import ENCODER_FILE, ModelConfig, load_model, read_encoder, save_model, write_encoder
 from ecdp.nets import PRESETS, build
 from ecdp.objectives import DiffusionLoss, RegressionLoss, Regressor
+from ecdp.ranks import ranks
 from ecdp.trainlog import LossLog
 
 LOG = "log.csv"
@@ -66,42 +65,12 @@ MIN_SIGMA = 1e-4
 would be float rounding noise blown up."""
 
 
-@dataclass
-class Process:
-    """This process's place in the run."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self):
-        return self.rank == 0
-
-
 def train(config, *, stage, out, resume=False, device=None):
     """Run ``stage`` ("encoder", "score" or "quality") of ``config``, writing into the folder ``out``."""
-    process = _start_processes(device)
-    try:
+    with ranks(device) as process:
+        if not process.is_main:
+            warnings.filterwarnings("ignore", category=DataWarning)   # rank 0 reports skipped images
         Trainer(config, stage, Path(out), process, resume).run()
-    finally:
-        if process.world > 1:
-            dist.destroy_process_group()
-
-
-def _start_processes(device):
-    """This process under torchrun (WORLD_SIZE, RANK, LOCAL_RANK) or alone; NCCL on GPU, gloo on CPU."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        device = torch.device("cuda", local if world > 1 else device.index or 0)
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if rank:
-        warnings.filterwarnings("ignore", category=DataWarning)
-    return Process(rank, world, device)
 
 
 class Trainer:

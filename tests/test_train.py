@@ -13,7 +13,8 @@ from ecdp.data import SRDataset, estimate_sigma
 from ecdp.errors import UserError
 from ecdp.modelfile import ENCODER_FILE, load_model
 from ecdp.nets import PRESETS, RRDBEncoder
-from ecdp.train import Process, Trainer, _freeze_unused, latest_checkpoint, lr_factor, train
+from ecdp.ranks import Ranks
+from ecdp.train import Trainer, _freeze_unused, latest_checkpoint, lr_factor, train
 from test_data import write_images
 
 TINY = str(Path(__file__).parent.parent / "configs" / "tiny.yaml")
@@ -103,7 +104,7 @@ def test_encoder_stage_then_score_stage_from_its_encoder(images, tmp_path):
     ema = load_file(str(latest_checkpoint(tmp_path / "enc") / "ema.safetensors"))
     assert all(torch.equal(v, ema[f"encoder.{k}"]) for k, v in encoder.items())
     score = config(images, f"train.init_encoder={tmp_path / 'enc'}")
-    trainer = Trainer(score, "score", tmp_path / "score", Process(0, 1, torch.device("cpu")), resume=False)
+    trainer = Trainer(score, "score", tmp_path / "score", Ranks(0, 1, torch.device("cpu")), resume=False)
     assert all(torch.equal(v, encoder[k]) for k, v in trainer.net.encoder.state_dict().items())
 
 
@@ -143,7 +144,7 @@ def test_time_limit_stops_early_with_a_checkpoint_and_model(images, tmp_path):
 def test_channels_last_run_resumes_without_it_to_the_same_weights(images, straight, tmp_path):
     run(images, tmp_path, "score", "train.steps=2", "train.channels_last=true")
     assert next(Trainer(config(images, "train.channels_last=true"), "score", tmp_path / "other",
-                        Process(0, 1, torch.device("cpu")), resume=False).net.parameters()).dim() == 4
+                        Ranks(0, 1, torch.device("cpu")), resume=False).net.parameters()).dim() == 4
     run(images, tmp_path, "score", "train.steps=4", resume=True)
     a, b = tensors(straight, 4), tensors(tmp_path, 4)
     for name in ("model", "ema"):
@@ -177,7 +178,7 @@ class HostReads(TorchDispatchMode):
 def test_training_step_reads_nothing_on_the_host(images, straight, tmp_path, stage, overrides):
     settings = config(images, f"train.init={straight / 'model'}" if stage == "quality" else "train.init=null",
                       "quality_stage.feature=pixel", *overrides)
-    trainer = Trainer(settings, stage, tmp_path, Process(0, 1, torch.device("cpu")), resume=False)
+    trainer = Trainer(settings, stage, tmp_path, Ranks(0, 1, torch.device("cpu")), resume=False)
     batch = next(iter(trainer._loader()))
     trainer._train_step(batch)   # the first step makes the resize matrices and Adam's state
     adam_steps = [state["step"] for state in trainer.optimizer.state.values()]   # on the host on CUDA too
