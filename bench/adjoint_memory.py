@@ -23,7 +23,7 @@ MODES = ("adjoint", "direct")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", default="4,8,16,32", help="comma-separated numbers of solver steps")
-    parser.add_argument("--solver", default="heun", choices=("euler", "heun", "rk4"))
+    parser.add_argument("--solver", default="heun", choices=("euler", "heun", "rk4", "dpmpp2m"))
     parser.add_argument("--size", type=int, default=64, help="HR height and width (a multiple of 4)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
