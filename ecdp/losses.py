@@ -7,6 +7,7 @@ import functools
 import torch
 
 from ecdp.choices import EVALS_PER_STEP
+from ecdp.parametrization import HybridDenoiser
 from ecdp.sampling import solve
 from ecdp.sde import marginal_sample
 
@@ -57,11 +58,11 @@ def quality_loss(net, y, x, mu, sigma, cond, feature, *, solver="heun", steps=10
     cond = net.encode(y) if cond is None else cond
     z1 = batch_noise(torch.randn, x.shape, generator=generator, batch_slice=batch_slice, dtype=x.dtype,
                      device=x.device)
-    options = dict(solver=solver, steps=steps, grid=grid, param=param, c=c, t_end=t_end)
+    options = dict(solver=solver, steps=steps, grid=grid, t_end=t_end)
     if adjoint and solver not in ADJOINT_SOLVERS:
         raise ValueError(f"the adjoint supports the solvers {', '.join(ADJOINT_SOLVERS)}, not {solver!r}; "
                          "use adjoint=False for the others")
-    z_end = solve(net, z1, cond, checkpoint=adjoint, **options)[0]
+    z_end = solve(HybridDenoiser(net, param, c), z1, cond, checkpoint=adjoint, **options)[0]
     sr = (mu + sigma * z_end).clamp(0, 1)
     with torch.no_grad():
         target = feature(x)

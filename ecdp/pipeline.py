@@ -5,6 +5,7 @@ One module serves the Python API, the exporters and the fast engines.
 """
 from torch import nn
 
+from ecdp.parametrization import HybridDenoiser
 from ecdp.resize import upscale as upscale_bicubic
 from ecdp.sampling import solve
 
@@ -18,6 +19,7 @@ class SuperResolver(nn.Module):
         self.net = net
         self.upscale = upscale or (lambda y: upscale_bicubic(y, config.scale))
         self.scale, self.sigma, self.param, self.c = config.scale, config.sigma, config.param, config.c
+        self.model = HybridDenoiser(net, config.param, config.c)
         self.solver = solver or config.solver
         self.steps = steps or config.steps
         self.grid = grid or config.grid
@@ -30,9 +32,8 @@ class SuperResolver(nn.Module):
     def latent(self, y, z1, callback=None):
         """(z(t_end), nfe): the probability-flow solve from z1, conditioned on y's encoder features;
         callback as for ``ecdp.sampling.solve``."""
-        return solve(self.net, z1, self.net.encode(y), solver=self.solver, steps=self.steps, param=self.param,
-                     c=self.c, grid=self.grid, atol=self.atol, rtol=self.rtol, t_end=self.t_end,
-                     callback=callback)
+        return solve(self.model, z1, self.net.encode(y), solver=self.solver, steps=self.steps, grid=self.grid,
+                     atol=self.atol, rtol=self.rtol, t_end=self.t_end, callback=callback)
 
     def image(self, y, z):
         """x = clamp(mu(y) + sigma z, 0, 1)."""

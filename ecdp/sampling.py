@@ -1,6 +1,7 @@
-"""Probability-flow samplers (eq. 13) that call nothing but the denoiser contract.
+"""Probability-flow samplers (eq. 13) that call nothing but the model's noise estimate.
 
-``denoiser(z_t, t, cond) -> (eps_hat, z0_hat)`` with ``t`` of shape (B,). Fixed-step solvers run
+``model(z_t, t, cond) -> eps_hyb`` with ``t`` of shape (B,): ``ecdp.parametrization.HybridDenoiser``
+around the denoiser contract. Fixed-step solvers run
 on a precomputed time grid and never synchronize with the host inside the step loop.
 """
 import functools
@@ -9,12 +10,12 @@ import torch
 import torch.utils.checkpoint
 
 from ecdp.choices import EVALS_PER_STEP, SOLVERS
-from ecdp.parametrization import data_estimate, noise_estimate
+from ecdp.parametrization import data_estimate
 from ecdp.sde import alpha, log_snr, probability_flow_drift, time_grid
 
 
-def solve(denoiser, z1, cond, *, solver, steps=None, param="hybrid", c=1.0, grid="uniform",
-          atol=1e-3, rtol=1e-3, t_end=1e-3, callback=None, checkpoint=False):
+def solve(model, z1, cond, *, solver, steps=None, grid="uniform", atol=1e-3, rtol=1e-3, t_end=1e-3,
+          callback=None, checkpoint=False):
     """Integrate the probability-flow ODE from z1 at t = 1 down to t_end; return (z_end, nfe).
 
     callback(), when given, is called after every step of a fixed-step solver and after every
@@ -24,7 +25,7 @@ def solve(denoiser, z1, cond, *, solver, steps=None, param="hybrid", c=1.0, grid
     of the discrete solve (not the continuous adjoint's approximation) and the memory that of one
     step, whatever the number of steps: the adjoint of the quality loss (eq. 19).
     """
-    eps_fn = noise_fn(denoiser, cond, param, c)
+    eps_fn = noise_fn(model, cond)
     if solver == "dopri5":
         if checkpoint:
             raise ValueError("checkpointed steps need a fixed-step solver; dopri5 chooses its steps at run time")
@@ -51,12 +52,10 @@ def _call(fn, *args):
     return fn(*args)
 
 
-def noise_fn(denoiser, cond, param="hybrid", c=1.0):
-    """eps_hyb(z, t) of the denoiser for a scalar t, conditioned on cond."""
+def noise_fn(model, cond):
+    """eps_hyb(z, t) of the model for a scalar t, conditioned on cond."""
     def eps_fn(z, t):
-        t = t.expand(z.shape[0])
-        eps_hat, z0_hat = denoiser(z, t, cond)
-        return noise_estimate(z, t, eps_hat, z0_hat, param, c)
+        return model(z, t.expand(z.shape[0]), cond)
     return eps_fn
 
 

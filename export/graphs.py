@@ -115,7 +115,7 @@ class StepGraph(nn.Module):
 
     def forward(self, z, t, t_next, *cond):
         r = self.resolver
-        drift = drift_fn(noise_fn(r.net, cond, r.param, r.c))
+        drift = drift_fn(noise_fn(r.model, cond))
         # The step functions broadcast times over images as (B, 1, 1, 1); the drift takes them as (B,).
         return self.step(lambda z, t: drift(z, t.reshape(-1)), z, _column(t), _column(t_next))
 

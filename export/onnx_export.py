@@ -27,7 +27,6 @@ import onnx
 import torch
 
 from ecdp import console
-from ecdp.choices import ONNX_GRAPHS
 from ecdp.export.graphs import (EncoderGraph, StepGraph, example_inputs, export_program, load_resolver, metadata,
                                 step_times)
 from ecdp.fileio import atomic_path

@@ -22,6 +22,7 @@ import ecdp.kernels as kernels  # noqa: E402
 from ecdp import nets  # noqa: E402
 from ecdp.engine import fused_solve  # noqa: E402
 from ecdp.kernels import layout, reference  # noqa: E402
+from ecdp.parametrization import HybridDenoiser  # noqa: E402
 from ecdp.sampling import solve  # noqa: E402
 from ecdp.sde import time_grid  # noqa: E402
 from oracle import GaussianOracle  # noqa: E402
@@ -240,7 +241,7 @@ def test_fused_solve_matches_the_samplers(solver, grid, triton_calls):
     steps, t_end, c = 4, 1e-3, 0.7
     denoiser = _SkewedOracle()
     z1 = _randn(2, 3, 4, 4, seed=5, dtype=torch.float64)
-    expected, _ = solve(denoiser, z1, None, solver=solver, steps=steps, c=c, t_end=t_end, grid=grid)
+    expected, _ = solve(HybridDenoiser(denoiser, c=c), z1, None, solver=solver, steps=steps, t_end=t_end, grid=grid)
     ts = time_grid(steps, t_end=t_end, spacing=grid)
     stages, t, coef = kernels.solver_table(solver, ts, c=c)
     got = fused_solve(denoiser, z1.float(), None, (stages, t.float(), coef))

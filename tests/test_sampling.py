@@ -6,7 +6,7 @@ from torchdiffeq import odeint
 
 from ecdp.sampling import solve
 from ecdp.sde import probability_flow_drift
-from ecdp.parametrization import noise_estimate
+from ecdp.parametrization import HybridDenoiser, noise_estimate
 from oracle import GaussianOracle
 
 T_END = 1e-3
@@ -20,7 +20,8 @@ def _prior(n, seed=0):
 def _check_oracle(solver, steps, grid, param, **kw):
     oracle = GaussianOracle()
     z1 = _prior(200_000)
-    z, nfe = solve(oracle, z1, None, solver=solver, steps=steps, grid=grid, param=param, t_end=T_END, **kw)
+    z, nfe = solve(HybridDenoiser(oracle, param), z1, None, solver=solver, steps=steps, grid=grid, t_end=T_END,
+                   **kw)
     exact = oracle.exact_map(z1, T_END)
     assert (z - exact).abs().max().item() < 0.01, (solver, grid, param)
     # N(0, 1) goes to N(m, v): compare with the exact target at t_end (m, v up to alpha(t_end)).
@@ -62,7 +63,7 @@ def _fit_order(solver, grid, step_counts):
     exact = oracle.exact_map(z1, T_END)
     errors = []
     for n in step_counts:
-        z, _ = solve(oracle, z1, None, solver=solver, steps=n, grid=grid, t_end=T_END)
+        z, _ = solve(HybridDenoiser(oracle), z1, None, solver=solver, steps=n, grid=grid, t_end=T_END)
         errors.append((z - exact).abs().max().item())
     slope = -torch.linalg.lstsq(
         torch.tensor([[math.log(n), 1.0] for n in step_counts], dtype=torch.float64),
@@ -111,8 +112,8 @@ def test_rk4_agrees_with_torchdiffeq_dopri5():
     with torch.no_grad():
         ref = odeint(drift, z1, torch.tensor([1.0, T_END], dtype=torch.float64),
                      method="dopri5", atol=1e-7, rtol=1e-7)[-1]
-        ours, _ = solve(net, z1, cond, solver="rk4", steps=400, t_end=T_END)
-        adaptive, nfe = solve(net, z1, cond, solver="dopri5", atol=1e-7, rtol=1e-7, t_end=T_END)
+        ours, _ = solve(HybridDenoiser(net), z1, cond, solver="rk4", steps=400, t_end=T_END)
+        adaptive, nfe = solve(HybridDenoiser(net), z1, cond, solver="dopri5", atol=1e-7, rtol=1e-7, t_end=T_END)
     assert (ours - ref).abs().max().item() < 1e-5
     assert (adaptive - ref).abs().max().item() < 1e-12
     assert nfe > 0
@@ -120,9 +121,9 @@ def test_rk4_agrees_with_torchdiffeq_dopri5():
 
 def test_unknown_solver_and_missing_steps():
     with pytest.raises(ValueError, match="unknown solver"):
-        solve(GaussianOracle(), _prior(4), None, solver="rk45", steps=4)
+        solve(HybridDenoiser(GaussianOracle()), _prior(4), None, solver="rk45", steps=4)
     with pytest.raises(ValueError, match="steps"):
-        solve(GaussianOracle(), _prior(4), None, solver="heun")
+        solve(HybridDenoiser(GaussianOracle()), _prior(4), None, solver="heun")
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dpmpp2m", "dopri5"])
@@ -130,8 +131,8 @@ def test_callback_once_per_step_or_per_evaluation(solver):
     """Progress hook: once per fixed step; once per network evaluation of dopri5. It changes nothing."""
     calls = []
     z1 = _prior(8)
-    with_callback, nfe = solve(GaussianOracle(), z1, None, solver=solver, steps=5, grid="logsnr",
+    with_callback, nfe = solve(HybridDenoiser(GaussianOracle()), z1, None, solver=solver, steps=5, grid="logsnr",
                                callback=lambda: calls.append(1))
-    plain, _ = solve(GaussianOracle(), z1, None, solver=solver, steps=5, grid="logsnr")
+    plain, _ = solve(HybridDenoiser(GaussianOracle()), z1, None, solver=solver, steps=5, grid="logsnr")
     assert len(calls) == (nfe if solver == "dopri5" else 5)
     assert torch.equal(with_callback, plain)
