@@ -13,7 +13,8 @@ import json
 from bench.quality import evaluate, load_sets, write_json
 from ecdp.modelfile import load_model
 from ecdp.sampling import SOLVERS
-from ecdp.upscaler import GRIDS, Upscaler
+from ecdp.choices import GRIDS
+from ecdp.upscaler import Upscaler
 
 COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "lr_psnr")
 
@@ -25,7 +26,7 @@ def run(args):
     for name, path in (item.split("=", 1) for item in args.model):
         net, config = load_model(path)
         sets = sets or load_sets(args.data, config.scale, args.device)
-        upscaler = Upscaler(net, config, device=args.device, seed=args.seed, **report["sampler"])
+        upscaler = Upscaler.from_model(net, config, device=args.device, seed=args.seed, **report["sampler"])
         report["models"][name] = {"path": path, "param": config.param, "sets": evaluate(upscaler, sets, name)}
         write_json(args.out, report)
 

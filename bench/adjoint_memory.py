@@ -46,6 +46,7 @@ def measure(mode, steps, solver, size, batch):
     from ecdp.features import feature_map
     from ecdp.losses import quality_loss
     from ecdp.nets import build
+    from ecdp.sampling import SamplerSpec
     from ecdp.resize import downscale, upscale
 
     torch.set_num_threads(1)
@@ -53,11 +54,11 @@ def measure(mode, steps, solver, size, batch):
     net = build("tiny")
     x = torch.rand(batch, 3, size, size)
     y = downscale(x, 4)
-    mu, cond = upscale(y, 4), net.encode(y)
+    mu, cond = upscale(y, 4), net.encode(y, x.shape[-2:])
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
     before = _rss_mb("VmRSS")
-    loss = quality_loss(net, y, x, mu, 0.1, cond, feature_map("pixel"), solver=solver, steps=steps,
+    loss = quality_loss(net, y, x, mu, 0.1, cond, feature_map("pixel"), sampler=SamplerSpec(solver=solver, steps=steps),
                         adjoint=mode == "adjoint", generator=torch.Generator().manual_seed(0))
     loss.backward()
     return _rss_mb("VmHWM") - before

@@ -32,7 +32,7 @@ def photos(height, width, batch):
 def test_cpu_engine(benchmark, models, case, path):
     net, config, model = models("default", CPU)
     height, width, batch = CASES[case]
-    upscaler = Upscaler(net, config, **PATHS[path])
+    upscaler = Upscaler.from_model(net, config, **PATHS[path])
     y = photos(height, width, batch)
     sr = measure(benchmark, lambda: upscaler.sample(y), device=CPU, rounds=ROUNDS, warmup=1, batch=batch,
                  model=model, path=path, dtype=upscaler.precision,

@@ -7,11 +7,11 @@ import torch
 
 from bench.harness import CASES, CUDA, DEVICE, MAIN_CASE, inputs, measure, record, shape_text
 from bench.roofline import work
-from ecdp.engine import GraphedSolve, fast_engine
+from ecdp.engine import fast_engine
 from ecdp.pipeline import SuperResolver
-from ecdp.sampling import EVALS_PER_STEP
+from ecdp.sampling import SamplerSpec
 
-PATHS = ["reference-dopri5", "reference", "fast"] + (["graphed"] if CUDA else [])
+PATHS = ["reference-dopri5", "reference", "fast"]   # fast replays CUDA graphs on a GPU
 SWEEP = [("euler", 10), ("euler", 20), ("heun", 5), ("rk4", 3), ("rk4", 5), ("dpmpp2m", 10), ("dpmpp2m", 20)]
 SWEEP_ROUNDS = 3 if CUDA else 1   # heun 10 steps: test_sampler's fast path on the main case
 TOL = 1e-3
@@ -19,19 +19,13 @@ TOL = 1e-3
 
 def sampler(path, net, config, **settings):
     """(run, solver text, precision): run(y, z1) -> (sr, nfe) on `path`; settings override the
-    config's solver and steps."""
+    config's solver and steps (SamplerSpec.of)."""
     if path == "reference-dopri5":
-        resolver = SuperResolver(net, config, solver="dopri5", atol=TOL, rtol=TOL)
+        resolver = SuperResolver(net, config, SamplerSpec(solver="dopri5", atol=TOL, rtol=TOL))
         return resolver.run, f"dopri5 tol {TOL:g}", "fp32"
-    if path == "reference":
-        resolver, dtype = SuperResolver(net, config, **settings), "fp32"
-    else:
-        resolver, dtype = fast_engine(net, config, DEVICE, **settings)
-    text = f"{resolver.solver} {resolver.steps} steps, {resolver.grid} grid"
-    if path != "graphed":
-        return resolver.run, text, dtype
-    graphed, nfe = GraphedSolve(resolver), resolver.steps * EVALS_PER_STEP[resolver.solver]
-    return (lambda y, z1: (graphed(y, z1), nfe)), text, dtype
+    spec = SamplerSpec.of(config, **settings)
+    resolver = SuperResolver(net, config, spec) if path == "reference" else fast_engine(net, config, DEVICE, spec)
+    return resolver.run, f"{spec.solver} {spec.steps} steps, {spec.grid} grid", resolver.precision
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -18,7 +18,8 @@ import json
 from bench.quality import evaluate, load_sets, write_json
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.sampling import EVALS_PER_STEP
-from ecdp.upscaler import GRIDS, Upscaler
+from ecdp.choices import GRIDS
+from ecdp.upscaler import Upscaler
 
 REFERENCE_TOLS = (1e-3, 1e-4)
 STEPS = {   # steps giving about 4, 6, 8, 12, 16, 24, 32 and 50 NFE
@@ -52,7 +53,7 @@ def run(args):
     sets = load_sets(args.data, config.scale, args.device)
     report = {"model": str(args.model), "device": args.device, "seed": args.seed, "rows": []}
     for setting in settings(args.references, args.min_nfe, args.max_nfe):
-        upscaler = Upscaler(net, config, device=args.device, seed=args.seed, **setting)
+        upscaler = Upscaler.from_model(net, config, device=args.device, seed=args.seed, **setting)
         report["rows"].append({"setting": setting, "sets": evaluate(upscaler, sets, label(setting))})
         write_json(args.out, report)
         row = report["rows"][-1]["sets"]

@@ -21,6 +21,7 @@ from ecdp.errors import UserError
 from ecdp.features import FEATURE_MAPS
 from ecdp.losses import ADJOINT_SOLVERS
 from ecdp.nets import PRESETS
+from ecdp.sampling import SamplerSpec
 
 CHOICES = {
     "model.preset": tuple(PRESETS),
@@ -230,6 +231,11 @@ class QualityStage(StageOverrides):
     adjoint: bool = True
     """Gradients through the solve by the adjoint method (memory independent of ode_steps)."""
 
+    @property
+    def sampler(self) -> SamplerSpec:
+        """The solve inside the loss."""
+        return SamplerSpec(self.solver, self.ode_steps, self.grid)
+
 
 @dataclass
 class SampleSection:
@@ -241,6 +247,11 @@ class SampleSection:
     """Steps of a fixed-step solver."""
     grid: str = "logsnr"
     """Time grid of a fixed-step solver: uniform or logsnr."""
+
+    @property
+    def sampler(self) -> SamplerSpec:
+        """The default sampler of the exported model."""
+        return SamplerSpec(self.solver, self.steps, self.grid)
 
 
 @dataclass

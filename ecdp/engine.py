@@ -10,9 +10,10 @@
 - ``FastResolver``: the fixed-step solve driven by the fused ODE update (``ecdp.kernels.ode_update``)
   over a coefficient table precomputed on the device (``ecdp.kernels.ode_coef.solver_table``):
   one kernel per network evaluation instead of about twenty element-wise ones, no host copies.
-- ``GraphedSolve``: on CUDA, the whole fixed-step solve (encoder, cache, every stage of every step,
-  output) captured once per input shape in a CUDA graph and replayed on a private stream; one
-  capture at a time per process; safe to call from several threads; a small LRU of graphs.
+- ``GraphedSolve``: on CUDA, the whole fixed-step solve (encoder, cache, every stage of every step)
+  captured once per input shape in a CUDA graph and replayed on a private stream; one capture at
+  a time per process; safe to call from several threads; a small LRU of graphs. A FastResolver
+  made with ``cuda_graphs=True`` replays its solves from one.
 """
 import collections
 import contextlib
@@ -28,8 +29,7 @@ from ecdp.choices import PRECISIONS
 from ecdp.kernels.ode_coef import solver_table
 from ecdp.pipeline import SuperResolver
 from ecdp.resize import resize_matrix
-from ecdp.sampling import EVALS_PER_STEP
-from ecdp.sde import time_grid
+from ecdp.sampling import SamplerSpec
 
 
 class CachedDenoiser(nn.Module):
@@ -39,9 +39,9 @@ class CachedDenoiser(nn.Module):
     gets its inputs in that dtype. Either way eps_hat and z0_hat come back in fp32.
     """
 
-    def __init__(self, net, scale, *, dtype=None, channels_last=False, compile_mode=None):
+    def __init__(self, net, *, dtype=None, channels_last=False, compile_mode=None):
         super().__init__()
-        self.net, self.scale, self.dtype, self.channels_last = net, scale, dtype, channels_last
+        self.net, self.dtype, self.channels_last = net, dtype, channels_last
         if channels_last:
             net.to(memory_format=torch.channels_last)
         self.denoiser = torch.compile(net.denoiser, mode=compile_mode, dynamic=False) if compile_mode else net.denoiser
@@ -55,14 +55,14 @@ class CachedDenoiser(nn.Module):
     def _layout(self, x):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def encode(self, y):
-        """Per-block conditioning for the LR batch y, valid for every t of the solve."""
-        hr_size = (y.shape[-2] * self.scale, y.shape[-1] * self.scale)
+    def encode(self, y, hr_size):
+        """Per-block conditioning for the LR batch y (as ``ECDPNet.encode``), valid for every t of the
+        solve, in the denoiser's dtype."""
         with self._autocast(y.device):
-            features = self.net.encode(self._layout(y))
+            features = self.net.encoder(self._layout(y))
             if self.weight_dtype != torch.float32:   # cpu_network's bf16 denoiser
                 features = features.to(self.weight_dtype)
-            return self.net.denoiser.block_conditioning(features, hr_size, project_first=True)
+            return self.net.denoiser.block_conditioning(features, hr_size)
 
     def forward(self, z_t, t, cond):
         with self._autocast(z_t.device):
@@ -155,19 +155,28 @@ def fused_solve(denoiser, z1, cond, table, callback=None):
 
 
 class FastResolver(SuperResolver):
-    """A SuperResolver whose fixed-step solves may run fused_solve.
+    """A SuperResolver whose fixed-step solves may run fused_solve, and be replayed from CUDA graphs.
 
     fused_ode: True or False, or None for "where the Triton ODE kernel serves" (CUDA tensors with
     the kernels enabled). The coefficient table is built once per device and dtype of z1.
-    dopri5 always runs ecdp.sampling's adaptive solve.
+    dopri5 always runs ecdp.sampling's adaptive solve. cuda_graphs=True (fixed-step solvers)
+    replays each solve on CUDA from a GraphedSolve of up to max_graphs input shapes; a callback
+    is then called once per step after the replay (the captured steps cannot call the host).
+    precision names the network's precision, for the caller to report. Raises ValueError for
+    cuda_graphs with dopri5.
     """
 
-    def __init__(self, denoiser, config, *, fused_ode=None, **sampler):
-        super().__init__(denoiser, config, upscale=CachedUpscale(config.scale), **sampler)
-        self.fused_ode, self.tables = fused_ode, {}
+    def __init__(self, denoiser, config, sampler=None, *, fused_ode=None, cuda_graphs=False, max_graphs=4,
+                 precision="fp32"):
+        super().__init__(denoiser, config, sampler, upscale=CachedUpscale(config.scale))
+        self.engine = "fast"
+        self.fused_ode, self.tables, self.precision = fused_ode, {}, precision
+        if cuda_graphs:
+            self.sampler.require_fixed_step("a captured solve")
+        self.graphs = GraphedSolve(lambda y, z1: self.eager_latent(y, z1)[0], max_graphs) if cuda_graphs else None
 
     def uses_fused(self, z1):
-        if self.solver == "dopri5":
+        if not self.sampler.fixed_step:
             return False
         if self.fused_ode is None:
             return z1.is_cuda and kernels.enabled() and kernels.triton_available()
@@ -176,48 +185,59 @@ class FastResolver(SuperResolver):
     def table(self, z1):
         key = (z1.device, z1.dtype)
         if key not in self.tables:
-            ts = time_grid(self.steps, t_end=self.t_end, spacing=self.grid, dtype=z1.dtype, device=z1.device)
-            stages, t, coef = solver_table(self.solver, ts.double(), param=self.param, c=self.c)
+            ts = self.sampler.times(dtype=z1.dtype, device=z1.device)
+            stages, t, coef = solver_table(self.sampler.solver, ts.double(), param=self.model.param, c=self.model.c)
             self.tables[key] = stages, t.to(z1.dtype), coef
         return self.tables[key]
 
     def latent(self, y, z1, callback=None):
+        if self.graphs is None or not z1.is_cuda:
+            return self.eager_latent(y, z1, callback)
+        z = self.graphs(y, z1)
+        for _ in range(self.sampler.steps if callback else 0):
+            callback()
+        return z, self.sampler.nfe
+
+    def eager_latent(self, y, z1, callback=None):
+        """latent without CUDA graphs."""
         if not self.uses_fused(z1):
             return super().latent(y, z1, callback)
-        z = fused_solve(self.net, z1, self.net.encode(y), self.table(z1), callback)
-        return z, self.steps * EVALS_PER_STEP[self.solver]
+        z = fused_solve(self.net, z1, self.net.encode(y, z1.shape[-2:]), self.table(z1), callback)
+        return z, self.sampler.nfe
 
 
-def fast_resolver(net, config, *, dtype=None, channels_last=False, compile_mode=None, fused_ode=None, **sampler):
-    """A FastResolver whose denoiser is the cached (and optionally compiled) one; dtype is autocast's."""
-    denoiser = CachedDenoiser(net, config.scale, dtype=dtype, channels_last=channels_last,
+def fast_resolver(net, config, sampler=None, *, dtype=None, channels_last=False, compile_mode=None, **options):
+    """A FastResolver whose denoiser is the cached (and optionally compiled) one; dtype is autocast's;
+    options as for FastResolver."""
+    denoiser = CachedDenoiser(net, dtype=dtype, channels_last=channels_last,
                               compile_mode=compile_mode)
-    return FastResolver(denoiser, config, fused_ode=fused_ode, **sampler)
+    return FastResolver(denoiser, config, sampler, **options)
 
 
-def fast_engine(net, config, device, *, precision="auto", compile_mode=None, **sampler):
-    """(FastResolver, precision): the fast engine as every entry point runs it on `device`.
+def fast_engine(net, config, device, sampler=None, *, precision="auto", compile_mode=None):
+    """The FastResolver every entry point runs on `device`, its precision in ``.precision``.
 
     precision "auto" is "bf16" on CUDA and on CPUs with bf16 arithmetic (native_bf16), else
     "fp32"; dopri5 gets fp32 on the CPU (its error control would see bf16's rounding). On CUDA the
-    network runs under autocast (fp32 GroupNorm statistics); on the CPU the resolver runs
-    cpu_network(net, dtype) in channels_last: a copy, made here, that later changes to `net` do not
-    reach. sampler: solver, steps, grid, atol, rtol, t_end as for SuperResolver. Raises ValueError
-    for an unknown precision, or bf16 on a CPU where oneDNN has no bf16 convolutions.
+    network runs under autocast (fp32 GroupNorm statistics) and fixed-step solves replay from CUDA
+    graphs; on the CPU the resolver runs cpu_network(net, dtype) in channels_last: a copy, made
+    here, that later changes to `net` do not reach. sampler defaults to the config's. Raises
+    ValueError for an unknown precision, or bf16 on a CPU where oneDNN has no bf16 convolutions.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    sampler = sampler or SamplerSpec.of(config)
     on_gpu = torch.device(device).type == "cuda"
     if precision == "auto":
-        adaptive = sampler.get("solver") == "dopri5"
-        precision = "bf16" if on_gpu or native_bf16() and not adaptive else "fp32"
+        precision = "bf16" if on_gpu or native_bf16() and sampler.fixed_step else "fp32"
     if precision == "bf16" and not on_gpu and not bf16_supported():
         raise ValueError("precision bf16 needs a CPU with AVX-512 (oneDNN's bf16 convolutions); use fp32")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     if on_gpu:
-        return fast_resolver(net, config, dtype=dtype, compile_mode=compile_mode, **sampler), precision
-    return fast_resolver(cpu_network(net, dtype), config, channels_last=True, compile_mode=compile_mode,
-                         **sampler), precision
+        return fast_resolver(net, config, sampler, dtype=dtype, compile_mode=compile_mode,
+                             cuda_graphs=sampler.fixed_step, precision=precision)
+    return fast_resolver(cpu_network(net, dtype), config, sampler, channels_last=True, compile_mode=compile_mode,
+                         precision=precision)
 
 
 # PyTorch captures one CUDA graph at a time per process: every GraphedSolve captures under this lock.
@@ -298,20 +318,3 @@ class GraphedSolve:
             with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
                 static_out = self.fn(static_y, static_z1)
         return _StaticSolve(graph.replay, static_y, static_z1, static_out, stream)
-
-
-def graphed_latent(resolver, max_graphs=4):
-    """The resolver's latent solve (y, z1) -> (z, nfe) replayed from captured graphs; a callback is
-    called once per step after the replay (the captured steps cannot call the host)."""
-    if resolver.solver == "dopri5":
-        raise ValueError("a captured solve needs a fixed-step solver; dopri5 chooses its steps at run time")
-    graphed = GraphedSolve(lambda y, z1: resolver.latent(y, z1)[0], max_graphs)
-    nfe = resolver.steps * EVALS_PER_STEP[resolver.solver]
-
-    def latent(y, z1, callback=None):
-        z = graphed(y, z1)
-        for _ in range(resolver.steps if callback else 0):
-            callback()
-        return z, nfe
-
-    return latent

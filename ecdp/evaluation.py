@@ -50,7 +50,7 @@ def read_hr(path, scale):
 def score_image(hr, upscaler, distance):
     """Scores of ECDP and bicubic on one HR image, computed on hr's device; and the (bicubic, sr, hr)
     images."""
-    scale = upscaler.config.scale
+    scale = upscaler.scale
     lr = quantize(downscale(hr, scale))
     start = time.perf_counter()
     sr = upscaler.sample(lr[None])[0].to(hr.device)

@@ -8,7 +8,8 @@ import torch
 
 from ecdp.choices import EVALS_PER_STEP
 from ecdp.parametrization import HybridDenoiser
-from ecdp.sampling import solve
+from ecdp.pipeline import to_image
+from ecdp.sampling import SamplerSpec, solve
 from ecdp.sde import marginal_sample
 
 ADJOINT_SOLVERS = tuple(EVALS_PER_STEP)
@@ -44,26 +45,24 @@ def score_matching_loss(net, z0, cond, *, t_eps=1e-5, generator=None, batch_slic
     return w_eps * (eps_hat - eps).square().mean() + w_z0 * (z0_hat - z0).square().mean()
 
 
-def quality_loss(net, y, x, mu, sigma, cond, feature, *, solver="heun", steps=10, grid="logsnr",
-                 param="hybrid", c=1.0, t_end=1e-3, adjoint=True, generator=None, batch_slice=(0, 1)):
-    """Eq. 19: mean |F(SR) - F(x)|, SR = clamp(mu + sigma z_end, 0, 1), z_end the probability-flow
-    solve from z1 ~ N(0, I) at t = 1 to t_end.
+def quality_loss(net, y, x, mu, sigma, cond, feature, *, sampler=SamplerSpec(), param="hybrid", c=1.0,
+                 adjoint=True, generator=None, batch_slice=(0, 1)):
+    """Eq. 19: mean |F(SR) - F(x)|, SR = to_image(mu, sigma, z_end), z_end the probability-flow
+    solve of `sampler` from z1 ~ N(0, I) at t = 1.
 
     Gradients reach the parameters of `net` and `cond` (so the encoder trains through it); `cond`
     None encodes `y` here. adjoint=False backpropagates through `ecdp.sampling.solve` as it ran (the
     activations of every step kept); adjoint=True recomputes each step in the backward pass instead
     (``solve(..., checkpoint=True)``: the discrete adjoint, the same gradient with the memory of one
-    step; fixed-step solvers only). z1 is drawn by batch_noise (eq. 12).
+    step; fixed-step solvers only, else ValueError). z1 is drawn by batch_noise (eq. 12).
     """
-    cond = net.encode(y) if cond is None else cond
+    if adjoint and sampler.solver not in ADJOINT_SOLVERS:
+        raise ValueError(f"the adjoint supports the solvers {', '.join(ADJOINT_SOLVERS)}, not {sampler.solver!r}; "
+                         "use adjoint=False for the others")
+    cond = net.encode(y, x.shape[-2:]) if cond is None else cond
     z1 = batch_noise(torch.randn, x.shape, generator=generator, batch_slice=batch_slice, dtype=x.dtype,
                      device=x.device)
-    options = dict(solver=solver, steps=steps, grid=grid, t_end=t_end)
-    if adjoint and solver not in ADJOINT_SOLVERS:
-        raise ValueError(f"the adjoint supports the solvers {', '.join(ADJOINT_SOLVERS)}, not {solver!r}; "
-                         "use adjoint=False for the others")
-    z_end = solve(HybridDenoiser(net, param, c), z1, cond, checkpoint=adjoint, **options)[0]
-    sr = (mu + sigma * z_end).clamp(0, 1)
+    z_end = solve(HybridDenoiser(net, param, c), z1, cond, sampler, checkpoint=adjoint)[0]
     with torch.no_grad():
         target = feature(x)
-    return (feature(sr) - target).abs().mean()
+    return (feature(to_image(mu, sigma, z_end)) - target).abs().mean()

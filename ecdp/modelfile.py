@@ -18,6 +18,7 @@ from ecdp.choices import GRIDS, PARAMETRIZATIONS, SOLVERS
 from ecdp.errors import UserError
 from ecdp.fileio import atomic_path
 from ecdp.nets import NetConfig, PRESETS, build
+from ecdp.sampling import SamplerSpec
 
 FORMAT = "ecdp-model"
 FORMAT_VERSION = 1
@@ -38,9 +39,16 @@ class ModelConfig:
     sigma: float = 0.1
     param: str = "hybrid"
     c: float = 1.0
-    solver: str = "heun"
-    steps: int = 10
-    grid: str = "logsnr"
+    solver: str = SamplerSpec.solver
+    steps: int = SamplerSpec.steps
+    grid: str = SamplerSpec.grid
+
+    @property
+    def lr_multiple(self) -> int:
+        """What LR heights and widths must be multiples of, so that scale times them is a multiple
+        of the U-Net's size_multiple."""
+        multiple = self.net.size_multiple
+        return multiple // math.gcd(multiple, self.scale)
 
     def to_json(self):
         d = dataclasses.asdict(self)

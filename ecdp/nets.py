@@ -40,6 +40,11 @@ class NetConfig:
     def cond_channels(self) -> int:
         return self.enc_nf * len(self.enc_taps)
 
+    @property
+    def size_multiple(self) -> int:
+        """What the U-Net's HR height and width must be multiples of: 2 per downsample."""
+        return 2 ** (len(self.ch_mult) - 1)
+
 
 PRESETS = {
     "paper": NetConfig(),
@@ -88,15 +93,14 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def cond(self, features: torch.Tensor, size: tuple[int, int], project_first: bool = False) -> torch.Tensor:
-        """Encoder features resized (bilinear) to `size` and projected to this block's channels.
+    def cond(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Encoder features projected to this block's channels and resized (bilinear) to `size`.
 
-        Both maps are linear and the bilinear weights sum to one, so projecting first at LR
-        resolution (cheaper) gives the same result up to rounding.
+        The paper resizes the features and then projects them; both maps are linear and the
+        bilinear weights sum to one, so projecting first, at LR resolution (cheaper), gives the
+        same result up to rounding (docs/design.md).
         """
-        if project_first:
-            return F.interpolate(self.cond_proj(features), size=size, mode="bilinear", align_corners=False)
-        return self.cond_proj(F.interpolate(features, size=size, mode="bilinear", align_corners=False))
+        return F.interpolate(self.cond_proj(features), size=size, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """`cond` is this block's projected conditioning at the block's resolution."""
@@ -117,7 +121,7 @@ class UNet(nn.Module):
 
     def __init__(self, cfg: NetConfig):
         super().__init__()
-        self.time_freqs, self.time_scale = cfg.time_freqs, cfg.time_scale
+        self.time_freqs, self.time_scale, self.size_multiple = cfg.time_freqs, cfg.time_scale, cfg.size_multiple
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_freqs, cfg.emb_dim), nn.SiLU(),
                                       nn.Linear(cfg.emb_dim, cfg.emb_dim), nn.SiLU())
         block = partial(ResBlock, emb_dim=cfg.emb_dim, cond_ch=cfg.cond_channels)
@@ -162,18 +166,19 @@ class UNet(nn.Module):
         for level, blocks in zip(reversed(range(len(self.up))), self.up):
             yield from ((blk, size(level)) for blk in blocks)
 
-    def block_conditioning(self, features: torch.Tensor, hr_size: tuple[int, int],
-                           project_first: bool = False) -> tuple[torch.Tensor, ...]:
-        """Each block's projected conditioning, computed once per image (valid for every t)."""
-        return tuple(blk.cond(features, size, project_first) for blk, size in self.blocks_with_sizes(hr_size))
+    def block_conditioning(self, features: torch.Tensor, hr_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """Each block's projected conditioning (ResBlock.cond), computed once per image (valid for every t)."""
+        return tuple(blk.cond(features, size) for blk, size in self.blocks_with_sizes(hr_size))
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor]:
-        """`cond` is the encoder output, or its `block_conditioning` computed ahead."""
-        multiple = 2 ** len(self.downsample)
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: tuple[torch.Tensor, ...]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_t (B, 3, H, W) at times t (B,); cond the block_conditioning of the image at (H, W).
+
+        Raises ValueError when H or W is not a multiple of the config's size_multiple.
+        """
+        multiple = self.size_multiple
         if z_t.shape[-2] % multiple or z_t.shape[-1] % multiple:
             raise ValueError(f"image size {tuple(z_t.shape[-2:])} is not a multiple of {multiple}")
-        if isinstance(cond, torch.Tensor):
-            cond = self.block_conditioning(cond, z_t.shape[-2:])
         conds = iter(cond)
         emb = self.time_mlp(timestep_embedding(self.time_scale * t, self.time_freqs).to(z_t.dtype))
 
@@ -263,10 +268,14 @@ class ECDPNet(nn.Module):
         self.encoder = RRDBEncoder(cfg)
         self.denoiser = UNet(cfg)
 
-    def encode(self, y: torch.Tensor) -> torch.Tensor:
-        return self.encoder(y)
+    def encode(self, y: torch.Tensor, hr_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """The conditioning `cond` of the LR batch y (B, 3, h, w) in [0, 1] for HR images of
+        hr_size: every residual block's projected encoder features at its resolution."""
+        return self.denoiser.block_conditioning(self.encoder(y), hr_size)
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: tuple[torch.Tensor, ...]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser contract D(z_t, t, cond) -> (eps_hat, z0_hat), as UNet.forward."""
         return self.denoiser(z_t, t, cond)
 
 

@@ -75,7 +75,7 @@ class DiffusionLoss(nn.Module):
 
     def forward(self, y, x, generator):
         mu = self.up(y)
-        cond = self.net.encode(y)
+        cond = self.net.encode(y, x.shape[-2:])
         loss = score_matching_loss(self.net, (x - mu) / self.sigma, cond, t_eps=self.t_eps, generator=generator,
                                    batch_slice=self.batch_slice)
         if self.feature is None:

@@ -1,48 +1,59 @@
 """The whole super-resolution map (y, z1) -> x: encoder, mu(y), probability-flow solve, output.
 
 ``x = clamp(mu(y) + sigma * z(t_end), 0, 1)`` where z solves eq. 13 from the prior sample z1 (eq. 12).
-One module serves the Python API, the exporters and the fast engines.
+``SuperResolver.run`` is the one solve path: ``ecdp.Upscaler`` pads and tiles around it, the fast
+engine (``ecdp.engine.FastResolver``) is a SuperResolver, and the exporters trace one.
 """
+import functools
+
+import torch
 from torch import nn
 
 from ecdp.parametrization import HybridDenoiser
 from ecdp.resize import upscale as upscale_bicubic
-from ecdp.sampling import solve
+from ecdp.sampling import SamplerSpec, solve
+
+
+def to_image(mu: torch.Tensor, sigma: float, z: torch.Tensor) -> torch.Tensor:
+    """x = clamp(mu + sigma z, 0, 1): a residual z in normalized space back to an image in [0, 1]
+    (the inverse of eq. 5's z = (x - mu) / sigma); mu and z (B, 3, H, W)."""
+    return (mu + sigma * z).clamp(0, 1)
 
 
 class SuperResolver(nn.Module):
-    """Wrap a network and its model config with fixed sampler settings."""
+    """A network and its model config with one sampler: ``run(y, z1) -> (x, nfe)``.
 
-    def __init__(self, net, config, *, solver=None, steps=None, grid=None, atol=1e-3, rtol=1e-3, t_end=1e-3,
-                 upscale=None):
+    net follows the denoiser contract and has ``encode(y, hr_size) -> cond``; sampler defaults to
+    the model config's (``SamplerSpec.of(config)``); upscale is mu(y), bicubic by default.
+    """
+
+    engine, precision = "reference", "fp32"
+
+    def __init__(self, net, config, sampler: SamplerSpec | None = None, *, upscale=None):
         super().__init__()
         self.net = net
-        self.upscale = upscale or (lambda y: upscale_bicubic(y, config.scale))
-        self.scale, self.sigma, self.param, self.c = config.scale, config.sigma, config.param, config.c
+        self.upscale = upscale or functools.partial(upscale_bicubic, scale=config.scale)
+        self.scale, self.sigma, self.lr_multiple = config.scale, config.sigma, config.lr_multiple
         self.model = HybridDenoiser(net, config.param, config.c)
-        self.solver = solver or config.solver
-        self.steps = steps or config.steps
-        self.grid = grid or config.grid
-        self.atol, self.rtol, self.t_end = atol, rtol, t_end
+        self.sampler = sampler or SamplerSpec.of(config)
 
-    def noise_shape(self, y):
+    def noise_shape(self, y: torch.Tensor) -> tuple[int, int, int, int]:
         """Shape of the prior sample z1 for an LR batch y."""
         return (y.shape[0], 3, y.shape[-2] * self.scale, y.shape[-1] * self.scale)
 
-    def latent(self, y, z1, callback=None):
+    def latent(self, y: torch.Tensor, z1: torch.Tensor, callback=None):
         """(z(t_end), nfe): the probability-flow solve from z1, conditioned on y's encoder features;
         callback as for ``ecdp.sampling.solve``."""
-        return solve(self.model, z1, self.net.encode(y), solver=self.solver, steps=self.steps, grid=self.grid,
-                     atol=self.atol, rtol=self.rtol, t_end=self.t_end, callback=callback)
+        return solve(self.model, z1, self.net.encode(y, z1.shape[-2:]), self.sampler, callback=callback)
 
-    def image(self, y, z):
-        """x = clamp(mu(y) + sigma z, 0, 1)."""
-        return (self.upscale(y) + self.sigma * z).clamp(0, 1)
+    def run(self, y: torch.Tensor, z1: torch.Tensor, mu: torch.Tensor | None = None, callback=None):
+        """(x, nfe) for LR images y (B, 3, h, w) in [0, 1] and prior noise z1 (B, 3, s h, s w).
 
-    def run(self, y, z1):
-        """Return (x, nfe) for LR images y (B, 3, h, w) in [0, 1] and prior noise z1."""
-        z, nfe = self.latent(y, z1)
-        return self.image(y, z), nfe
+        mu defaults to upscale(y); a caller that solves part of an image passes that part's mu of
+        the whole image. x (B, 3, s h, s w) in [0, 1], fp32.
+        """
+        z, nfe = self.latent(y, z1, callback)
+        return to_image(self.upscale(y) if mu is None else mu, self.sigma, z), nfe
 
-    def forward(self, y, z1):
+    def forward(self, y: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         return self.run(y, z1)[0]

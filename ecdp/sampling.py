@@ -1,51 +1,112 @@
 """Probability-flow samplers (eq. 13) that call nothing but the model's noise estimate.
 
 ``model(z_t, t, cond) -> eps_hyb`` with ``t`` of shape (B,): ``ecdp.parametrization.HybridDenoiser``
-around the denoiser contract. Fixed-step solvers run
-on a precomputed time grid and never synchronize with the host inside the step loop.
+around the denoiser contract. ``SamplerSpec`` says how to solve (solver, steps, grid, tolerances,
+t_end) and is checked once, when it is made. Fixed-step solvers run on a precomputed time grid
+and never synchronize with the host inside the step loop.
 """
+import dataclasses
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.utils.checkpoint
 
-from ecdp.choices import EVALS_PER_STEP, SOLVERS
+from ecdp.choices import EVALS_PER_STEP, GRIDS, SOLVERS
 from ecdp.parametrization import data_estimate
 from ecdp.sde import alpha, log_snr, probability_flow_drift, time_grid
 
 
-def solve(model, z1, cond, *, solver, steps=None, grid="uniform", atol=1e-3, rtol=1e-3, t_end=1e-3,
-          callback=None, checkpoint=False):
-    """Integrate the probability-flow ODE from z1 at t = 1 down to t_end; return (z_end, nfe).
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How the probability-flow ODE is solved from t = 1 down to t_end; checked when made.
+
+    solver: one of ``ecdp.choices.SOLVERS``; steps: the steps of a fixed-step solver (at least 1;
+    dopri5 ignores it); grid: "uniform" in t or "logsnr" (``ecdp.sde.time_grid``); atol, rtol:
+    dopri5's tolerances (> 0); t_end: where the solve stops, in (0, 1). The defaults are the
+    paper's sampler. Raises ValueError, in one sentence, for any value outside those.
+    """
+
+    solver: str = "heun"
+    steps: int = 10
+    grid: str = "logsnr"
+    atol: float = 1e-3
+    rtol: float = 1e-3
+    t_end: float = 1e-3
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"unknown time grid {self.grid!r}; choose one of {', '.join(GRIDS)}")
+        if self.fixed_step and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"solver {self.solver} needs at least one step, got {self.steps}")
+        if not (self.atol > 0 and self.rtol > 0):
+            raise ValueError(f"the tolerances must be positive, got atol {self.atol} and rtol {self.rtol}")
+        if not 0 < self.t_end < 1:
+            raise ValueError(f"t_end must lie between 0 and 1, got {self.t_end}")
+
+    @classmethod
+    def of(cls, config, **overrides) -> "SamplerSpec":
+        """The sampler of a model config (its solver, steps and grid), with every override that is
+        not None in its place; raises ValueError as SamplerSpec does."""
+        base = dict(solver=config.solver, steps=config.steps, grid=config.grid)
+        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def replace(self, **changes) -> "SamplerSpec":
+        """A checked copy with `changes` in place."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def fixed_step(self) -> bool:
+        """Whether the steps are fixed ahead (every solver but dopri5)."""
+        return self.solver != "dopri5"
+
+    @property
+    def nfe(self) -> int | None:
+        """Network evaluations of one solve: steps x evaluations per step, or None for dopri5."""
+        return self.steps * EVALS_PER_STEP[self.solver] if self.fixed_step else None
+
+    def require_fixed_step(self, what: str) -> None:
+        """ValueError unless the solver is a fixed-step one; `what` names what needs it."""
+        if not self.fixed_step:
+            raise ValueError(f"{what} needs a fixed-step solver ({', '.join(EVALS_PER_STEP)}); "
+                             "dopri5 chooses its steps at run time")
+
+    def times(self, dtype=torch.float64, device=None) -> torch.Tensor:
+        """The decreasing times t_0 = 1 > ... > t_steps = t_end of a fixed-step solve, (steps + 1,)."""
+        return time_grid(self.steps, t_end=self.t_end, spacing=self.grid, dtype=dtype, device=device)
+
+
+def solve(model, z1: torch.Tensor, cond, sampler: SamplerSpec, *, callback=None, checkpoint: bool = False):
+    """Integrate the probability-flow ODE from z1 (B, C, H, W) at t = 1 down to sampler.t_end;
+    return (z_end, nfe), z_end like z1.
 
     callback(), when given, is called after every step of a fixed-step solver and after every
     network evaluation of dopri5 (to show progress; it sees nothing of the state).
     checkpoint=True (fixed-step solvers) keeps no activations for the backward pass: each step is
     recomputed from its input state there (torch.utils.checkpoint), so the gradient is exactly that
     of the discrete solve (not the continuous adjoint's approximation) and the memory that of one
-    step, whatever the number of steps: the adjoint of the quality loss (eq. 19).
+    step, whatever the number of steps: the adjoint of the quality loss (eq. 19). Raises
+    ValueError for checkpoint=True with dopri5.
     """
     eps_fn = noise_fn(model, cond)
-    if solver == "dopri5":
+    if not sampler.fixed_step:
         if checkpoint:
-            raise ValueError("checkpointed steps need a fixed-step solver; dopri5 chooses its steps at run time")
-        return _solve_adaptive(eps_fn, z1, t_end, atol, rtol, callback)
-    if solver not in EVALS_PER_STEP:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
-    if not steps or steps < 1:
-        raise ValueError(f"solver {solver!r} needs a positive number of steps")
-    ts = time_grid(steps, t_end=t_end, spacing=grid, dtype=z1.dtype, device=z1.device)
+            sampler.require_fixed_step("checkpointed steps")
+        return _solve_adaptive(eps_fn, z1, sampler, callback)
+    ts = sampler.times(dtype=z1.dtype, device=z1.device)
     run = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False) if checkpoint else _call
-    if solver == "dpmpp2m":
-        return _solve_dpmpp2m(eps_fn, z1, ts, run, callback), steps
-    step = ONE_STEP_SOLVERS[solver]
+    if sampler.solver == "dpmpp2m":
+        return _solve_dpmpp2m(eps_fn, z1, ts, run, callback), sampler.nfe
+    step = ONE_STEP_SOLVERS[sampler.solver]
     drift = drift_fn(eps_fn)
     z = z1
-    for i in range(steps):
+    for i in range(sampler.steps):
         z = run(step, drift, z, ts[i], ts[i + 1])
         if callback:
             callback()
-    return z, steps * EVALS_PER_STEP[solver]
+    return z, sampler.nfe
 
 
 def _call(fn, *args):
@@ -119,7 +180,7 @@ def _solve_dpmpp2m(eps_fn, z, ts, run, callback=None):
     return z
 
 
-def _solve_adaptive(eps_fn, z1, t_end, atol, rtol, callback=None):
+def _solve_adaptive(eps_fn, z1, sampler, callback=None):
     """torchdiffeq dopri5 from t = 1 to t_end, counting network evaluations.
 
     A rejected step may evaluate the drift outside [t_end, 1], where alpha(t) > 1 for t < 0:
@@ -133,10 +194,10 @@ def _solve_adaptive(eps_fn, z1, t_end, atol, rtol, callback=None):
         nfe += 1
         if callback:
             callback()
-        return drift_at(z, t.clamp(t_end, 1.0))
+        return drift_at(z, t.clamp(sampler.t_end, 1.0))
 
     from torchdiffeq import odeint   # imports scipy (0.2 s): only when dopri5 runs
 
-    ts = torch.tensor([1.0, t_end], dtype=z1.dtype, device=z1.device)
-    z = odeint(drift, z1, ts, method="dopri5", atol=atol, rtol=rtol)[-1]
+    ts = torch.tensor([1.0, sampler.t_end], dtype=z1.dtype, device=z1.device)
+    z = odeint(drift, z1, ts, method="dopri5", atol=sampler.atol, rtol=sampler.rtol)[-1]
     return z, nfe

@@ -245,7 +245,7 @@ class Trainer:
         if self.stage == "quality":
             q = self.config.quality_stage
             options.update(feature=feature_map(q.feature, q.feature_weights), weight=q.weight, quality_options=dict(
-                solver=q.solver, steps=q.ode_steps, grid=q.grid, param=model.param, c=model.c, adjoint=q.adjoint))
+                sampler=q.sampler, param=model.param, c=model.c, adjoint=q.adjoint))
         return DiffusionLoss(net, **options), sigma
 
     def _init_weights(self, net):
@@ -333,10 +333,10 @@ class Trainer:
         if self.stage == "encoder":
             write_encoder(self.out / ENCODER_FILE, self.ema.encoder, self.config.model.preset)
             return
-        model, sample = self.config.model, self.config.sample
+        model, sampler = self.config.model, self.config.sample.sampler
         save_model(self.out / "model", self.ema, ModelConfig(
             net=PRESETS[model.preset], scale=model.scale, sigma=self.sigma, param=model.param, c=model.c,
-            solver=sample.solver, steps=sample.steps, grid=sample.grid))
+            solver=sampler.solver, steps=sampler.steps, grid=sampler.grid))
 
     def _write_config(self):
         """OUT/config.yaml: the configuration of this run, sigma filled in."""

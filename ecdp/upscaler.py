@@ -1,11 +1,9 @@
 """Upscaler: the paper's sampler behind one call for PIL images, uint8 arrays and tensors.
 
-x = clamp(mu + sigma z, 0, 1) with mu = up(y) (eq. 5) and z the probability-flow ODE solution
-(eq. 13) from seeded prior noise z(1) ~ N(0, I) (eq. 12), conditioned on the encoder features of y.
-Large images are solved in overlapping tiles (ecdp.tiling), each with the noise of its own region.
+Each image (or each overlapping tile of a large one, ecdp.tiling) is one ``SuperResolver.run``
+from the seeded prior noise of its region; the U-Net's size multiple is met by padding.
 """
 import functools
-import math
 import threading
 
 import numpy as np
@@ -13,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ecdp.choices import DEFAULT_ENGINE, ENGINES, GRIDS, PRECISIONS, SOLVERS
+from ecdp.choices import DEFAULT_ENGINE, ENGINES, PRECISIONS
+from ecdp.engine import fast_engine
 from ecdp.errors import UserError
 from ecdp.images import from_array, from_pil, to_array, to_pil
-from ecdp.engine import fast_engine, graphed_latent
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
-from ecdp.resize import upscale
+from ecdp.sampling import SamplerSpec
 from ecdp.sde import seeded_prior
 from ecdp.tiling import sample_tiled, tile_grid
 
@@ -32,68 +30,72 @@ MU_MARGIN = 3                 # LR pixels: beyond the taps of the bicubic upscal
 class Upscaler:
     """Super-resolution with an ECDP model; the same seed gives the same image on the same device.
 
-    solver, steps and grid default to the model config's; atol and rtol are dopri5's tolerances;
-    tile (LR pixels) turns on tiled sampling for larger images, with neighbouring tiles overlapping
-    by at least `overlap` LR pixels (default tile // 4); without it, images of more than
-    AUTO_TILE_ABOVE LR pixels are sampled in tiles of AUTO_TILE. engine "fast" (the default, as on
-    every entry point) caches the conditioning and replays fixed-step solves from CUDA graphs on a
-    GPU; on the CPU it runs ``ecdp.engine.cpu_network`` (channels_last, 1x1 convolutions on oneDNN);
-    "reference" is the plain method. precision is the fast engine's network precision: "auto"
-    (bf16 on CUDA and on CPUs with bf16 arithmetic, ``ecdp.engine.native_bf16``; fp32 elsewhere),
-    "fp32" or "bf16" (the one chosen is kept in ``precision``; see ``ecdp.engine.fast_engine``); the
-    ODE state stays fp32. On the CPU the fast engine runs a copy of `net` made here. compile=True runs the fast engine's cached
-    denoiser through torch.compile. One Upscaler may be shared by several threads: calls are
-    serialized.
+    Pads and tiles images around one ``resolver.run(y, z1, mu) -> (x, nfe)`` (``ecdp.pipeline.
+    SuperResolver`` or anything with its ``run``, ``scale``, ``lr_multiple``, ``sampler`` and
+    ``precision``), drawing the seeded prior noise of each region. ``Upscaler.from_model`` and
+    ``from_pretrained`` build the resolver. tile (LR pixels) turns on tiled sampling for larger
+    images, with neighbouring tiles overlapping by at least `overlap` LR pixels (default
+    tile // 4); without it, images of more than AUTO_TILE_ABOVE LR pixels are sampled in tiles
+    of AUTO_TILE. One Upscaler may be shared by several threads: calls are serialized. Raises
+    UserError for a bad device name or tile.
     """
 
-    def __init__(self, net, config, *, device="cpu", solver=None, steps=None, seed=0, grid=None,
-                 tile=None, overlap=None, atol=1e-3, rtol=1e-3, engine=DEFAULT_ENGINE, precision="auto",
-                 compile=False):
-        self.device = _device(device)
-        self.net = net.to(self.device).eval()
-        self.config = config
-        self.solver = solver or config.solver
-        self.steps = config.steps if steps is None else steps
-        self.grid = grid or config.grid
-        _check_sampler(self.solver, self.steps, self.grid)
-        self.seed, self.atol, self.rtol = seed, atol, rtol
-        unet_multiple = 2 ** (len(config.net.ch_mult) - 1)
-        self.multiple = unet_multiple // math.gcd(unet_multiple, config.scale)
-        self.tile, self.overlap = _tiling(tile, overlap, self.multiple)
-        self.auto_tile = _tiling(AUTO_TILE, overlap, self.multiple)
-        self.engine = engine
-        self._latent = self._engine(engine, precision, compile)
+    def __init__(self, resolver, *, device="cpu", seed: int = 0, tile: int | None = None,
+                 overlap: int | None = None):
+        self.resolver, self.device, self.seed = resolver, _device(device), seed
+        self.tile, self.overlap = _tiling(tile, overlap, resolver.lr_multiple)
+        self.auto_tile = _tiling(AUTO_TILE, overlap, resolver.lr_multiple)
         self._lock = threading.Lock()
         self.last_nfe = 0
 
-    def _engine(self, engine, precision="auto", compile=False):
-        """The latent solve (y, z1) -> (z, nfe) of the chosen engine."""
-        sampler = dict(solver=self.solver, steps=self.steps, grid=self.grid, atol=self.atol, rtol=self.rtol)
-        if precision not in PRECISIONS:
-            raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if engine == "reference":
-            if compile:
-                raise UserError("compile=True needs engine='fast'")
-            if precision == "bf16":
-                raise UserError("precision='bf16' needs engine='fast' (the reference engine runs fp32)")
-            self.precision = "fp32"
-            return SuperResolver(self.net, self.config, **sampler).latent
-        if engine != "fast":
-            raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    @classmethod
+    def from_model(cls, net, config, *, device="cpu", solver=None, steps=None, grid=None, atol=None, rtol=None,
+                   engine=DEFAULT_ENGINE, precision="auto", compile=False, **options) -> "Upscaler":
+        """The Upscaler of a network and its ModelConfig.
+
+        solver, steps, grid, atol and rtol override the config's sampler (``SamplerSpec.of``).
+        engine "fast" (the default, as on every entry point) is ``ecdp.engine.fast_engine``: the
+        conditioning cached, fixed-step solves replayed from CUDA graphs on a GPU, and on the CPU a
+        copy of `net` made by ``ecdp.engine.cpu_network`` (channels_last, 1x1 convolutions on
+        oneDNN); "reference" is the plain method (``SuperResolver``, fp32). precision is the fast
+        engine's network precision: "auto" (bf16 on CUDA and on CPUs with bf16 arithmetic, fp32
+        elsewhere), "fp32" or "bf16"; the ODE state stays fp32. compile=True runs the fast
+        engine's denoiser through torch.compile. options (seed, tile, overlap) as for Upscaler.
+        Raises UserError for a bad sampler, engine, precision or device.
+        """
+        device = _device(device)
         try:
-            resolver, self.precision = fast_engine(self.net, self.config, self.device, precision=precision,
-                                                   compile_mode="default" if compile else None, **sampler)
+            sampler = SamplerSpec.of(config, solver=solver, steps=steps, grid=grid, atol=atol, rtol=rtol)
         except ValueError as e:
             raise UserError(str(e)) from None
-        if self.device.type == "cuda" and self.solver != "dopri5":
-            return graphed_latent(resolver)
-        return resolver.latent
+        net = net.to(device).eval()
+        return cls(_resolver(net, config, sampler, device, engine, precision, compile), device=device, **options)
 
     @classmethod
-    def from_pretrained(cls, path, device="cpu", **options):
-        """The Upscaler of a model folder ("default": the built-in model); options as for Upscaler."""
+    def from_pretrained(cls, path, device="cpu", **options) -> "Upscaler":
+        """The Upscaler of a model folder ("default": the built-in model); options as for from_model."""
         net, config = load_model(resolve_model(path))
-        return cls(net, config, device=device, **options)
+        return cls.from_model(net, config, device=device, **options)
+
+    @property
+    def sampler(self) -> SamplerSpec | None:
+        """The resolver's sampler (None for a TensorRT engine, which does not record it)."""
+        return self.resolver.sampler
+
+    @property
+    def engine(self) -> str:
+        """Which engine runs the solves: "fast", "reference" or "tensorrt"."""
+        return self.resolver.engine
+
+    @property
+    def scale(self) -> int:
+        """The model's scale: HR size over LR size."""
+        return self.resolver.scale
+
+    @property
+    def precision(self) -> str:
+        """The network precision the resolver runs: "fp32" or "bf16"."""
+        return self.resolver.precision
 
     def upscale(self, image):
         """Super-resolve a PIL image, an array or a (B,3,h,w) float tensor in [0, 1].
@@ -127,8 +129,8 @@ class Upscaler:
         _check_tensor(y)
         with self._lock, torch.inference_mode():
             y = y.to(self.device, torch.float32)
-            s, (h, w) = self.config.scale, y.shape[-2:]
-            padded = _pad(y, self.multiple)
+            s, (h, w) = self.resolver.scale, y.shape[-2:]
+            padded = _pad(y, self.resolver.lr_multiple)
             tile, overlap = self._tiles_for(padded)
             counter = self._counter(progress, padded, tile, overlap)
             callback = None if counter is None else counter.update   # a tqdm without a total has no truth value
@@ -151,7 +153,7 @@ class Upscaler:
             if not torch.isfinite(x).all():
                 raise UserError("the model gave non-finite values (NaN or infinity); its weights or config "
                                 "are broken")
-            return x.clamp_(0, 1)
+            return x
 
     def _tiles_for(self, y):
         """(tile, overlap) for the padded LR batch y, or (None, None) to solve it whole."""
@@ -165,26 +167,48 @@ class Upscaler:
         """The progress counter of one sample call (see sample), or None."""
         if progress is None:
             return None
-        if self.solver == "dopri5":
+        if self.sampler is None or not self.sampler.fixed_step:   # None: a resolver that does not say
             return progress(None, unit="network evaluation")
         tiles = len(tile_grid(*padded.shape[-2:], tile, overlap)) if tile else 1
-        return progress(tiles * self.steps, unit="step")
+        return progress(tiles * self.sampler.steps, unit="step")
 
     def _solve_region(self, y, padded, top, left, height, width, callback=None):
-        """(mu + sigma z, nfe) of one LR region of the padded batch, with the prior noise of that region alone."""
-        s = self.config.scale
+        """(x, nfe) of one LR region of the padded batch, with the prior noise of that region alone
+        (eq. 12, ``ecdp.sde.seeded_prior``) and the whole image's mu there."""
+        s = self.resolver.scale
         shape = (padded.shape[0], 3, s * padded.shape[-2], s * padded.shape[-1])
         z1 = seeded_prior(self.seed, shape, (s * top, s * left, s * height, s * width), device=self.device)
-        z, nfe = self._latent(padded[..., top:top + height, left:left + width], z1, callback)
-        return _region_upscale(y, top, left, height, width, s) + self.config.sigma * z, nfe
+        region = padded[..., top:top + height, left:left + width]
+        whole = region.shape == y.shape   # mu of the region itself is the image's
+        mu = None if whole else _region_upscale(self.resolver.upscale, y, top, left, height, width, s)
+        return self.resolver.run(region, z1, mu, callback)
 
 
-def _region_upscale(y, top, left, height, width, scale):
-    """mu = up(y) on an LR region, from a window MU_MARGIN pixels wider (the same values as the whole
-    upscale there); zero where the region reaches past y into the padding."""
+def _resolver(net, config, sampler, device, engine, precision, compile):
+    """The SuperResolver of the chosen engine (see Upscaler.from_model), or a UserError."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if engine == "reference":
+        if compile:
+            raise UserError("compile=True needs engine='fast'")
+        if precision == "bf16":
+            raise UserError("precision='bf16' needs engine='fast' (the reference engine runs fp32)")
+        return SuperResolver(net, config, sampler)
+    if engine != "fast":
+        raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    try:
+        return fast_engine(net, config, device, sampler, precision=precision,
+                           compile_mode="default" if compile else None)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _region_upscale(upscale, y, top, left, height, width, scale):
+    """mu = upscale(y) on an LR region, from a window MU_MARGIN pixels wider (the same values as the
+    whole upscale there); zero where the region reaches past y into the padding."""
     rows = slice(max(top - MU_MARGIN, 0), min(top + height + MU_MARGIN, y.shape[-2]))
     cols = slice(max(left - MU_MARGIN, 0), min(left + width + MU_MARGIN, y.shape[-1]))
-    mu = upscale(y[..., rows, cols], scale)
+    mu = upscale(y[..., rows, cols])
     r0, c0 = scale * (top - rows.start), scale * (left - cols.start)
     mu = mu[..., r0:r0 + scale * height, c0:c0 + scale * width]
     return F.pad(mu, (0, scale * width - mu.shape[-1], 0, scale * height - mu.shape[-2]))
@@ -210,15 +234,6 @@ def _device(name):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name} is not available: no CUDA GPU was found")
     return device
-
-
-def _check_sampler(solver, steps, grid):
-    if solver not in SOLVERS:
-        raise UserError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    if grid not in GRIDS:
-        raise UserError(f"unknown time grid {grid!r}; choose one of {', '.join(GRIDS)}")
-    if solver != "dopri5" and steps < 1:
-        raise UserError(f"solver {solver} needs at least one step, got {steps}")
 
 
 def _tiling(tile, overlap, multiple):

@@ -7,7 +7,7 @@ import importlib
 
 _HOMES = {"export_aoti": "aoti", "ExportSpec": "graphs", "export_onnx": "onnx_export",
           "run_step_graphs": "onnx_export", "export_engine": "trt_engine", "build_engine": "trt_engine",
-          "TensorRTUpscaler": "trt_engine"}
+          "TensorRTResolver": "trt_engine", "tensorrt_upscaler": "trt_engine"}
 
 __all__ = list(_HOMES)
 

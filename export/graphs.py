@@ -10,13 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ecdp.choices import EVALS_PER_STEP, GRIDS
 from ecdp.engine import CachedDenoiser
 from ecdp.errors import UserError
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
-from ecdp.sampling import ONE_STEP_SOLVERS, drift_fn, noise_fn
-from ecdp.sde import time_grid
+from ecdp.sampling import ONE_STEP_SOLVERS, SamplerSpec, drift_fn, noise_fn
 
 EXPORT_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -34,28 +32,21 @@ class ExportSpec:
 
 
 def load_resolver(model, spec, device="cpu"):
-    """The SuperResolver of a model folder (or "default") with the sampler of `spec`, checked."""
+    """The SuperResolver of a model folder (or "default") with the sampler of `spec`, checked;
+    raises UserError for a sampler or size that cannot be exported."""
     net, config = load_model(resolve_model(model), device)
-    denoiser = CachedDenoiser(net, config.scale, dtype=EXPORT_DTYPES[spec.precision])
-    resolver = SuperResolver(denoiser, config, solver=spec.solver, steps=spec.steps, grid=spec.grid)
-    _check(resolver, spec, config)
-    return resolver.eval()
-
-
-def _check(resolver, spec, config):
-    if resolver.solver not in EVALS_PER_STEP:
-        raise UserError(f"solver {resolver.solver} cannot be exported: an exported graph needs a fixed-step "
-                        f"solver ({', '.join(EVALS_PER_STEP)}).")
-    if resolver.steps < 1:
-        raise UserError(f"an exported solve needs at least one step, got {resolver.steps}.")
-    if resolver.grid not in GRIDS:
-        raise UserError(f"unknown time grid {resolver.grid!r}; choose one of {', '.join(GRIDS)}.")
+    try:
+        sampler = SamplerSpec.of(config, solver=spec.solver, steps=spec.steps, grid=spec.grid)
+        sampler.require_fixed_step("an exported graph")
+    except ValueError as e:
+        raise UserError(f"{e}.") from None
     if spec.batch < 1 or min(spec.lr_size) < 1:
         raise UserError(f"batch and LR size must be positive, got batch {spec.batch} and {_size(spec.lr_size)}.")
-    multiple = 2 ** (len(config.net.ch_mult) - 1)
-    if any(n * config.scale % multiple for n in spec.lr_size):
+    if any(n % config.lr_multiple for n in spec.lr_size):
         raise UserError(f"LR size {_size(spec.lr_size)} times the scale {config.scale} must be a multiple of "
-                        f"{multiple} for this network.")
+                        f"{config.net.size_multiple} for this network.")
+    denoiser = CachedDenoiser(net, dtype=EXPORT_DTYPES[spec.precision])
+    return SuperResolver(denoiser, config, sampler).eval()
 
 
 def _size(hw):
@@ -70,15 +61,15 @@ def example_inputs(resolver, spec, device="cpu"):
 
 def metadata(resolver, spec):
     """String key-value pairs stored in every exported file."""
+    sampler = resolver.sampler
     return {"ecdp.scale": str(resolver.scale), "ecdp.sigma": repr(float(resolver.sigma)),
-            "ecdp.solver": resolver.solver, "ecdp.steps": str(resolver.steps), "ecdp.grid": resolver.grid,
+            "ecdp.solver": sampler.solver, "ecdp.steps": str(sampler.steps), "ecdp.grid": sampler.grid,
             "ecdp.lr_size": _size(spec.lr_size), "ecdp.batch": str(spec.batch), "ecdp.precision": spec.precision}
 
 
 def step_times(resolver):
     """The decreasing float32 times t_0 = 1 > ... > t_steps that a host loop feeds to the step graph."""
-    grid = time_grid(resolver.steps, t_end=resolver.t_end, spacing=resolver.grid)
-    return grid.to(torch.float32).tolist()
+    return resolver.sampler.times().to(torch.float32).tolist()
 
 
 def export_program(module, args):
@@ -95,7 +86,8 @@ class EncoderGraph(nn.Module):
         self.resolver = resolver
 
     def forward(self, lr):
-        return (self.resolver.upscale(lr), *self.resolver.net.encode(lr))
+        hr_size = (lr.shape[-2] * self.resolver.scale, lr.shape[-1] * self.resolver.scale)
+        return (self.resolver.upscale(lr), *self.resolver.net.encode(lr, hr_size))
 
 
 class StepGraph(nn.Module):
@@ -107,11 +99,12 @@ class StepGraph(nn.Module):
 
     def __init__(self, resolver):
         super().__init__()
-        if resolver.solver not in ONE_STEP_SOLVERS:
-            raise UserError(f"the step graph supports {', '.join(ONE_STEP_SOLVERS)}; {resolver.solver} carries "
+        solver = resolver.sampler.solver
+        if solver not in ONE_STEP_SOLVERS:
+            raise UserError(f"the step graph supports {', '.join(ONE_STEP_SOLVERS)}; {solver} carries "
                             f"state between steps, so export it with --graph full.")
         self.resolver = resolver
-        self.step = ONE_STEP_SOLVERS[resolver.solver]
+        self.step = ONE_STEP_SOLVERS[solver]
 
     def forward(self, z, t, t_next, *cond):
         r = self.resolver

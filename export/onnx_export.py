@@ -30,6 +30,7 @@ from ecdp import console
 from ecdp.export.graphs import (EncoderGraph, StepGraph, example_inputs, export_program, load_resolver, metadata,
                                 step_times)
 from ecdp.fileio import atomic_path
+from ecdp.pipeline import to_image
 
 OPSET = 18
 BF16_OPSET = 22
@@ -93,4 +94,4 @@ def run_step_graphs(encoder, step, lr, noise):
     for t, t_next in zip(times, times[1:]):
         times_in = {"t": np.full(batch, t, np.float32), "t_next": np.full(batch, t_next, np.float32)}
         (z,) = step.run(None, {"z": z, **times_in, **cond})
-    return np.clip(mu + sigma * z, 0, 1)
+    return to_image(torch.from_numpy(mu), float(sigma), torch.from_numpy(z)).numpy()

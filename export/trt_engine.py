@@ -1,4 +1,4 @@
-"""TensorRT engines of the full ONNX graph: the builder, and TensorRTUpscaler to run them.
+"""TensorRT engines of the full ONNX graph: the builder, and TensorRTResolver to run them behind an Upscaler.
 
 Networks are built strongly typed: every tensor keeps the precision of the ONNX graph (``--fp16``
 / ``--bf16`` export fp16 / bf16 convolutions with fp32 GroupNorm statistics and an fp32 ODE
@@ -14,7 +14,6 @@ from ecdp import console
 from ecdp.errors import UserError
 from ecdp.export.onnx_export import export_onnx
 from ecdp.fileio import atomic_path
-from ecdp.sde import seeded_prior
 from ecdp.upscaler import Upscaler
 
 INSTALL = "TensorRT is not installed: pip install tensorrt (needs an NVIDIA GPU with CUDA)."
@@ -83,38 +82,48 @@ def _static_profile(builder, network):
     return profile
 
 
-class TensorRTUpscaler(Upscaler):
-    """``Upscaler.upscale`` on a TensorRT engine of the full graph, on the current CUDA device.
+class TensorRTResolver:
+    """A TensorRT engine of the full graph as the resolver of an ``Upscaler``: ``run(y, z1) -> (x, None)``
+    on the current CUDA device (the network evaluations are not counted).
 
-    Images must have the engine's LR size and batch (no padding or tiling). The prior noise is
-    drawn as ``Upscaler`` draws it, so the same seed gives the same noise.
+    The engine computes mu and the output map itself, for its one LR shape: y must have it
+    (the Upscaler around it then neither pads nor tiles). Raises UserError for a file this
+    TensorRT cannot run.
     """
 
-    def __init__(self, engine_path, *, seed=0):
+    lr_multiple = 1
+    precision = "engine's"
+
+    def __init__(self, engine_path):
         trt = import_tensorrt()
-        self.seed, self.device = seed, torch.device("cuda")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
             raise UserError(f"{engine_path} is not an engine that this TensorRT can run (its log above says why).")
         self.context = self.engine.create_execution_context()
         self.shapes = {name: tuple(self.engine.get_tensor_shape(name)) for name in ("lr", "noise", "sr")}
+        self.scale = self.shapes["sr"][-1] // self.shapes["lr"][-1]
+        self.sampler = None
 
-    @classmethod
-    def from_pretrained(cls, path, **options):
-        """The upscaler of an engine file; options as for TensorRTUpscaler."""
-        return cls(path, **options)
-
-    def sample(self, y):
-        """Super-resolve y (B,3,h,w) in [0, 1] with the engine."""
+    def run(self, y, z1, mu=None, callback=None):
+        """(x, None) for y of the engine's LR shape and its prior noise z1; mu must be None."""
         if tuple(y.shape) != self.shapes["lr"]:
             raise UserError(f"this engine takes LR batches of shape {self.shapes['lr']}, got {tuple(y.shape)}.")
-        with torch.inference_mode():
-            noise = seeded_prior(self.seed, self.shapes["noise"])
-            tensors = {"lr": y.to(self.device, torch.float32).contiguous(), "noise": noise.to(self.device),
-                       "sr": torch.empty(self.shapes["sr"], device=self.device)}
-            for name, tensor in tensors.items():
-                self.context.set_tensor_address(name, tensor.data_ptr())
-            if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-                raise RuntimeError("TensorRT failed to run the engine.")
-            return tensors["sr"]
+        if mu is not None:
+            raise ValueError("a TensorRT engine computes mu(y) itself")
+        tensors = {"lr": y.contiguous(), "noise": z1.contiguous(), "sr": torch.empty(self.shapes["sr"], device=y.device)}
+        for name, tensor in tensors.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError("TensorRT failed to run the engine.")
+        return tensors["sr"], None
+
+
+def tensorrt_upscaler(engine_path, *, seed=0) -> Upscaler:
+    """An ``Upscaler`` around a TensorRT engine of the full graph (``TensorRTResolver``), on CUDA.
+
+    Images must have the engine's LR size and batch. The prior noise is drawn as for any
+    Upscaler, so the same seed gives the same noise as the PyTorch path.
+    """
+    resolver = TensorRTResolver(engine_path)
+    return Upscaler(resolver, device="cuda", seed=seed)

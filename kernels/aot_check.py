@@ -80,6 +80,7 @@ def _meta_resolver(case):
     from ecdp.engine import CachedDenoiser, FastResolver
     from ecdp.modelfile import ModelConfig
     from ecdp.nets import PRESETS, build
+    from ecdp.sampling import SamplerSpec
 
     dtype = DTYPES[case.dtype]
     with torch.device("meta"):
@@ -91,15 +92,15 @@ def _meta_resolver(case):
     class CastDenoiser(CachedDenoiser):
         """Inputs cast to the network's dtype in place of autocast, which the meta device lacks."""
 
-        def encode(self, y):
-            return super().encode(y.to(dtype))
+        def encode(self, y, hr_size):
+            return super().encode(y.to(dtype), hr_size)
 
         def forward(self, z_t, t, cond):
             return super().forward(z_t.to(dtype), t, cond)
 
     config = ModelConfig(net=PRESETS[case.preset])
-    denoiser = CastDenoiser(net, config.scale, channels_last=case.channels_last)
-    return FastResolver(denoiser, config, fused_ode=True, solver=case.solver, steps=case.steps)
+    denoiser = CastDenoiser(net, channels_last=case.channels_last)
+    return FastResolver(denoiser, config, SamplerSpec(case.solver, case.steps), fused_ode=True)
 
 
 def record(case):

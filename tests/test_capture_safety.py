@@ -20,6 +20,7 @@ import ecdp.kernels as kernels
 from ecdp.engine import fast_resolver
 from ecdp.modelfile import ModelConfig
 from ecdp.nets import build
+from ecdp.sampling import SamplerSpec
 
 aten = torch.ops.aten
 HOST_METHODS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__bool__,
@@ -93,15 +94,13 @@ def meta_net():
 
 def _region(net, solver, steps, *, grid="logsnr", fused_ode=True, channels_last=False):
     """Run the captured region of a fresh fast resolver (its coefficient table built inside)."""
-    resolver = fast_resolver(net, ModelConfig(sigma=0.2), solver=solver, steps=steps, grid=grid,
-                             fused_ode=fused_ode, channels_last=channels_last)
+    resolver = fast_resolver(net, ModelConfig(sigma=0.2), SamplerSpec(solver=solver, steps=steps, grid=grid), fused_ode=fused_ode, channels_last=channels_last)
     y = torch.empty(2, 3, 8, 8, device="meta")
     z1 = torch.empty(resolver.noise_shape(y), device="meta")
     resolver.upscale(y)   # mu's resize matrices: built once per size on the device, before any capture
     with torch.inference_mode(), _launchers(), capture_guard():
-        z, nfe = resolver.latent(y, z1)
-        x = resolver.image(y, z)
-    assert z.shape == z1.shape and x.shape == z1.shape
+        x, nfe = resolver.run(y, z1)
+    assert x.shape == z1.shape
     return nfe
 
 

@@ -57,7 +57,7 @@ def test_seeded_run_matches_the_python_upscaler(setup):
     image = lr_image(work / "in.ppm")
     result = ecdp_run(binary, package, work / "in.ppm", work / "out.ppm", "--seed", 5)
     assert result.returncode == 0, result.stderr
-    reference = Upscaler(*load_model(model), seed=5).upscale(image)
+    reference = Upscaler.from_model(*load_model(model), seed=5).upscale(image)
     assert np.abs(pixels(Image.open(work / "out.ppm")) - pixels(reference)).max() <= 1
 
 

@@ -43,7 +43,7 @@ def photo():
 
 def upscaler(default_model, **options):
     net, config = default_model
-    return Upscaler(net, config, **options)
+    return Upscaler.from_model(net, config, **options)
 
 
 @needs_bf16

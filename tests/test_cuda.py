@@ -10,6 +10,7 @@ import ecdp.nets as nets  # noqa: E402
 from ecdp.engine import GraphedSolve, fast_resolver  # noqa: E402
 from ecdp.kernels import reference  # noqa: E402
 from ecdp.modelfile import ModelConfig  # noqa: E402
+from ecdp.sampling import SamplerSpec  # noqa: E402
 
 
 def paper_gn_sites(lr=64, channels_last=False):
@@ -92,7 +93,7 @@ def tiny_cuda():
 def test_cuda_graph_replay_of_every_fixed_step_solver(tiny_cuda, solver, steps, dtype):
     """Captured and replayed (fused ODE update, Triton GN) equals the same solve run eagerly."""
     g = torch.Generator().manual_seed(1)
-    resolver = fast_resolver(tiny_cuda, ModelConfig(sigma=0.2), dtype=dtype, solver=solver, steps=steps)
+    resolver = fast_resolver(tiny_cuda, ModelConfig(sigma=0.2), SamplerSpec(solver=solver, steps=steps), dtype=dtype)
     graphed = GraphedSolve(lambda y, z1: resolver.latent(y, z1)[0])
     with torch.inference_mode():
         for _ in range(2):
@@ -109,6 +110,6 @@ def test_cuda_fused_solve_matches_the_unfused_solve(tiny_cuda, solver):
     z1 = torch.randn(2, 3, 64, 64, generator=g).cuda()
     config = ModelConfig(sigma=0.2)
     with torch.inference_mode():
-        fused = fast_resolver(tiny_cuda, config, solver=solver, steps=3, fused_ode=True).latent(y, z1)[0]
-        plain = fast_resolver(tiny_cuda, config, solver=solver, steps=3, fused_ode=False).latent(y, z1)[0]
+        fused = fast_resolver(tiny_cuda, config, SamplerSpec(solver=solver, steps=3), fused_ode=True).latent(y, z1)[0]
+        plain = fast_resolver(tiny_cuda, config, SamplerSpec(solver=solver, steps=3), fused_ode=False).latent(y, z1)[0]
     torch.testing.assert_close(fused, plain, atol=2e-4, rtol=2e-4)

@@ -21,7 +21,7 @@ def built(monkeypatch):
 
     def record(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        settings.append((self.engine, self.solver, self.steps, self.grid))
+        settings.append((self.engine, self.sampler.solver, self.sampler.steps, self.sampler.grid))
     monkeypatch.setattr(Upscaler, "__init__", record)
     return settings
 

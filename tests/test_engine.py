@@ -5,9 +5,10 @@ import threading
 import pytest
 import torch
 
-from ecdp.engine import CachedDenoiser, GraphedSolve, fast_resolver, graphed_latent
+from ecdp.engine import CachedDenoiser, GraphedSolve, fast_resolver
 from ecdp.modelfile import ModelConfig
 from ecdp.nets import ResBlock, build
+from ecdp.sampling import SamplerSpec
 from ecdp.pipeline import SuperResolver
 
 
@@ -33,14 +34,14 @@ def test_fast_matches_reference_in_fp32(tiny, solver):
     config = ModelConfig(sigma=0.2)
     y, z1 = _inputs(batch=2)
     with torch.inference_mode():
-        reference = SuperResolver(tiny, config, solver=solver, steps=3)(y, z1)
-        fast = fast_resolver(tiny, config, solver=solver, steps=3)(y, z1)
+        reference = SuperResolver(tiny, config, SamplerSpec(solver=solver, steps=3))(y, z1)
+        fast = fast_resolver(tiny, config, SamplerSpec(solver=solver, steps=3))(y, z1)
     assert (fast - reference).abs().max().item() <= 1e-4
 
 
 def test_cache_holds_one_tensor_per_block(tiny):
     y, _ = _inputs()
-    cache = CachedDenoiser(tiny, 4).encode(y)
+    cache = CachedDenoiser(tiny).encode(y, (4 * y.shape[-2], 4 * y.shape[-1]))
     blocks = [m for m in tiny.denoiser.modules() if isinstance(m, ResBlock)]
     assert len(cache) == len(blocks)
     assert cache[0].shape[-2:] == (48, 48) and cache[-1].shape[-2:] == (48, 48)
@@ -48,9 +49,8 @@ def test_cache_holds_one_tensor_per_block(tiny):
 
 def _check_static_solve(tiny, device):
     config = ModelConfig(sigma=0.2)
-    resolver = fast_resolver(copy.deepcopy(tiny).to(device), config, solver="heun", steps=2)   # tiny stays put
+    resolver = fast_resolver(copy.deepcopy(tiny).to(device), config, SamplerSpec(solver="heun", steps=2))   # tiny stays put
     graphed = GraphedSolve(resolver, max_graphs=2)
-    assert graphed_latent(resolver)(*_inputs(size=8, device=device))[1] == 4
     with torch.inference_mode():
         for seed, size in [(0, 8), (1, 8), (2, 12), (3, 16), (4, 8)]:
             y, z1 = _inputs(size=size, seed=seed, device=device)
@@ -72,7 +72,7 @@ def test_cuda_graph_capture_and_replay(tiny):
 
 def test_dopri5_cannot_be_captured(tiny):
     with pytest.raises(ValueError, match="fixed-step"):
-        graphed_latent(fast_resolver(tiny, ModelConfig(), solver="dopri5"))
+        fast_resolver(tiny, ModelConfig(), SamplerSpec(solver="dopri5"), cuda_graphs=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -116,7 +116,7 @@ def test_two_upscalers_from_eight_threads_match_serial_calls(tiny, one_intra_op_
     from ecdp.upscaler import Upscaler
 
     config = ModelConfig(sigma=0.2, solver="heun", steps=2)
-    upscalers = [Upscaler(tiny, config, engine="fast", seed=seed) for seed in (0, 1)]
+    upscalers = [Upscaler.from_model(tiny, config, engine="fast", seed=seed) for seed in (0, 1)]
     images = [_inputs(size=8, seed=seed)[0] for seed in range(4)]
     jobs = [(upscalers[i % 2], images[i % 4]) for i in range(8)]
     threaded = _threaded([lambda up=up, y=y: up.sample(y) for up, y in jobs])
@@ -135,7 +135,7 @@ def test_graphed_solves_from_eight_threads_match_serial_calls(tiny, one_intra_op
     under one process-wide lock, replays on private streams) shared by 8 threads."""
     config = ModelConfig(sigma=0.2)
     net = copy.deepcopy(tiny).to(device)
-    solves = [GraphedSolve(lambda y, z1, r=fast_resolver(net, config, solver=solver, steps=2): r.latent(y, z1)[0],
+    solves = [GraphedSolve(lambda y, z1, r=fast_resolver(net, config, SamplerSpec(solver=solver, steps=2)): r.latent(y, z1)[0],
                            max_graphs=2)
               for solver in ("heun", "dpmpp2m")]
     jobs = [(solves[i % 2], _inputs(size=(8, 12)[i // 4], seed=i, device=device)) for i in range(8)]
@@ -164,7 +164,7 @@ def compile_calls(monkeypatch):
 
 def test_upscaler_compile_reaches_torch_compile_of_the_cached_denoiser(tiny, compile_calls):
     from ecdp.upscaler import Upscaler
-    upscaler = Upscaler(tiny, ModelConfig(sigma=0.2, steps=1), engine="fast", precision="fp32", compile=True)
+    upscaler = Upscaler.from_model(tiny, ModelConfig(sigma=0.2, steps=1), engine="fast", precision="fp32", compile=True)
     (compiled, _), = compile_calls   # on the CPU: the denoiser of the engine's copy (cpu_network)
     assert type(compiled) is type(tiny.denoiser)
     expected = tiny.denoiser.state_dict()
@@ -177,7 +177,7 @@ def test_upscaler_compile_needs_the_fast_engine(tiny):
     from ecdp.errors import UserError
     from ecdp.upscaler import Upscaler
     with pytest.raises(UserError, match="engine='fast'"):
-        Upscaler(tiny, ModelConfig(), engine="reference", compile=True)
+        Upscaler.from_model(tiny, ModelConfig(), engine="reference", compile=True)
 
 
 def test_cli_compile_flag_reaches_torch_compile(tmp_path, compile_calls):
@@ -201,15 +201,14 @@ def test_fused_ode_solve_matches_the_reference_in_float64(tiny, solver, grid):
     config = ModelConfig(sigma=0.2)
     y, z1 = _inputs(batch=2, size=8)
     with torch.inference_mode():
-        truth, nfe = SuperResolver(copy.deepcopy(tiny).double(), config, solver=solver, steps=4,
-                                   grid=grid).latent(y.double(), z1.double())
-        resolver = fast_resolver(tiny, config, solver=solver, steps=4, grid=grid, fused_ode=True)
+        truth, nfe = SuperResolver(copy.deepcopy(tiny).double(), config, SamplerSpec(solver=solver, steps=4, grid=grid)).latent(y.double(), z1.double())
+        resolver = fast_resolver(tiny, config, SamplerSpec(solver=solver, steps=4, grid=grid), fused_ode=True)
         fused, fused_nfe = resolver.latent(y, z1)
     assert resolver.uses_fused(z1) and fused_nfe == nfe
     assert (fused.double() - truth).abs().max().item() <= 5e-5
 
 
 def test_fused_ode_is_off_by_default_on_the_cpu(tiny):
-    resolver = fast_resolver(tiny, ModelConfig(), solver="heun", steps=2)
+    resolver = fast_resolver(tiny, ModelConfig(), SamplerSpec(solver="heun", steps=2))
     assert not resolver.uses_fused(torch.zeros(1, 3, 8, 8))
-    assert not fast_resolver(tiny, ModelConfig(), solver="dopri5", fused_ode=True).uses_fused(torch.zeros(1))
+    assert not fast_resolver(tiny, ModelConfig(), SamplerSpec(solver="dopri5"), fused_ode=True).uses_fused(torch.zeros(1))

@@ -14,6 +14,7 @@ from ecdp.export.cli import main
 from ecdp.modelfile import ModelConfig, load_model, save_model
 from ecdp.nets import ResBlock, build
 from ecdp.pipeline import SuperResolver
+from ecdp.sampling import SamplerSpec
 
 LR_SIZE = (8, 8)
 TOLERANCE = 1e-4
@@ -38,11 +39,11 @@ def example_batch(seed=1):
     return lr, torch.randn(1, 3, 4 * LR_SIZE[0], 4 * LR_SIZE[1], generator=generator)
 
 
-def pytorch_sr(model, lr, noise, **sampler):
+def pytorch_sr(model, lr, noise, **overrides):
     """The plain PyTorch pipeline's output: the reference every exported form is held to."""
     net, config = load_model(model)
     with torch.no_grad():
-        return SuperResolver(net, config, **sampler)(lr, noise)
+        return SuperResolver(net, config, SamplerSpec.of(config, **overrides))(lr, noise)
 
 
 def session(path):

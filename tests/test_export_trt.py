@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ecdp.errors import UserError
-from ecdp.export import TensorRTUpscaler
+from ecdp.export import tensorrt_upscaler
 from ecdp.export.cli import main
 from ecdp.export.trt_engine import INSTALL, NO_GPU
 from test_export_onnx import example_batch, pytorch_sr, save_tiny_model
@@ -37,7 +37,7 @@ def test_without_tensorrt_the_command_says_what_to_install(without_tensorrt, tmp
 
 def test_without_tensorrt_the_upscaler_says_what_to_install(without_tensorrt, tmp_path):
     with pytest.raises(UserError, match="pip install tensorrt"):
-        TensorRTUpscaler(tmp_path / "model.engine")
+        tensorrt_upscaler(tmp_path / "model.engine")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -52,7 +52,7 @@ def tiny_model(tmp_path):
 
 
 def engine_sr(engine, lr, seed):
-    return TensorRTUpscaler(engine, seed=seed).upscale(lr)
+    return tensorrt_upscaler(engine, seed=seed).upscale(lr)
 
 
 @needs_gpu

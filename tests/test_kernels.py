@@ -23,7 +23,7 @@ from ecdp import nets  # noqa: E402
 from ecdp.engine import fused_solve  # noqa: E402
 from ecdp.kernels import layout, reference  # noqa: E402
 from ecdp.parametrization import HybridDenoiser  # noqa: E402
-from ecdp.sampling import solve  # noqa: E402
+from ecdp.sampling import SamplerSpec, solve  # noqa: E402
 from ecdp.sde import time_grid  # noqa: E402
 from oracle import GaussianOracle  # noqa: E402
 
@@ -241,7 +241,7 @@ def test_fused_solve_matches_the_samplers(solver, grid, triton_calls):
     steps, t_end, c = 4, 1e-3, 0.7
     denoiser = _SkewedOracle()
     z1 = _randn(2, 3, 4, 4, seed=5, dtype=torch.float64)
-    expected, _ = solve(HybridDenoiser(denoiser, c=c), z1, None, solver=solver, steps=steps, t_end=t_end, grid=grid)
+    expected, _ = solve(HybridDenoiser(denoiser, c=c), z1, None, SamplerSpec(solver=solver, steps=steps, t_end=t_end, grid=grid))
     ts = time_grid(steps, t_end=t_end, spacing=grid)
     stages, t, coef = kernels.solver_table(solver, ts, c=c)
     got = fused_solve(denoiser, z1.float(), None, (stages, t.float(), coef))
@@ -354,7 +354,7 @@ def test_paper_denoiser_parity_kernels_on_off(triton_calls):
     z_t = _randn(1, 3, 32, 32, seed=2)
     t = torch.tensor([0.3])
     with torch.no_grad():
-        cond = net.encoder(y)
+        cond = net.encode(y, z_t.shape[-2:])
         start = time.perf_counter()
         on = net.denoiser(z_t, t, cond)
         elapsed = time.perf_counter() - start
@@ -381,7 +381,7 @@ def test_tiny_net_training_gradients_kernels_on_off(triton_calls):
         kernels.set_enabled(on)
         try:
             net.zero_grad()
-            eps_hat, z0_hat = net.denoiser(z_t, t, net.encoder(y))
+            eps_hat, z0_hat = net.denoiser(z_t, t, net.encode(y, z_t.shape[-2:]))
             (eps_hat.square().mean() + z0_hat.square().mean()).backward()
         finally:
             kernels.set_enabled(None)

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from ecdp.errors import UserError
 from ecdp.features import VGG19Features, feature_map
 from ecdp.losses import quality_loss, score_matching_loss
+from ecdp.sampling import SamplerSpec
 from ecdp.nets import build
 from ecdp.resize import downscale, upscale
 from ecdp.sde import alpha
@@ -58,7 +59,7 @@ def test_score_matching_is_seeded_positive_and_reaches_every_parameter():
     net = _tiny()
     y, x, mu = _pair(batch=2)
     z0 = (x - mu) / 0.1
-    cond = net.encode(y)
+    cond = net.encode(y, x.shape[-2:])
     loss = score_matching_loss(net, z0, cond, generator=torch.Generator().manual_seed(0))
     again = score_matching_loss(net, z0, cond, generator=torch.Generator().manual_seed(0))
     loss.backward()
@@ -73,8 +74,9 @@ def test_adjoint_gradient_equals_direct_backpropagation(solver):
 
     def gradient(adjoint):
         net.zero_grad(set_to_none=True)
-        loss = quality_loss(net, y, x, mu, 0.2, net.encode(y), feature_map("pixel"), solver=solver, steps=3,
-                            adjoint=adjoint, generator=torch.Generator().manual_seed(1))
+        loss = quality_loss(net, y, x, mu, 0.2, net.encode(y, x.shape[-2:]), feature_map("pixel"),
+                            sampler=SamplerSpec(solver=solver, steps=3), adjoint=adjoint,
+                            generator=torch.Generator().manual_seed(1))
         loss.backward()
         return loss.detach(), torch.cat([p.grad.flatten() for p in net.parameters()])
 
@@ -95,8 +97,9 @@ def test_adjoint_under_autocast_recomputes_in_the_forward_precision():
     def gradient(adjoint):
         net.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = quality_loss(net, y, x, mu, 0.2, net.encode(y), feature_map("pixel"), solver="heun", steps=2,
-                                adjoint=adjoint, generator=torch.Generator().manual_seed(1))
+            loss = quality_loss(net, y, x, mu, 0.2, net.encode(y, x.shape[-2:]), feature_map("pixel"),
+                                sampler=SamplerSpec(solver="heun", steps=2), adjoint=adjoint,
+                                generator=torch.Generator().manual_seed(1))
         loss.backward()
         return torch.cat([p.grad.flatten() for p in net.parameters()])
 
@@ -108,7 +111,7 @@ def test_adjoint_rejects_the_adaptive_solver():
     net = _tiny()
     y, x, mu = _pair()
     with pytest.raises(ValueError, match="adjoint=False"):
-        quality_loss(net, y, x, mu, 0.2, None, feature_map("pixel"), solver="dopri5", steps=2)
+        quality_loss(net, y, x, mu, 0.2, None, feature_map("pixel"), sampler=SamplerSpec(solver="dopri5", steps=2))
 
 
 @pytest.mark.parametrize("solver", ["euler", "dpmpp2m"])

@@ -70,6 +70,6 @@ def test_non_finite_weights_are_refused_on_load(model, bad):
 def test_non_finite_output_is_an_error_not_a_black_image(model):
     up = Upscaler.from_pretrained(model, engine="reference")
     with torch.no_grad():
-        up.net.denoiser.head_conv.weight.fill_(3e38)
+        up.resolver.net.denoiser.head_conv.weight.fill_(3e38)
     with pytest.raises(UserError, match="the model gave non-finite values"):
         up.upscale(torch.rand(1, 3, 8, 8))

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import ecdp.nets as nets
@@ -50,7 +51,7 @@ def test_build_accepts_config():
     assert net.config == cfg
     y, z_t, t = inputs(scale=4, batch=1, size=32)
     with torch.no_grad():
-        eps_hat, _ = net(z_t, t, net.encode(y))
+        eps_hat, _ = net(z_t, t, net.encode(y, z_t.shape[-2:]))
     assert eps_hat.shape == z_t.shape
 
 
@@ -64,9 +65,12 @@ def test_unknown_preset():
 def test_tiny_shapes(tiny, scale):
     y, z_t, t = inputs(scale)
     with torch.no_grad():
-        cond = tiny.encode(y)
+        features = tiny.encoder(y)
+        cond = tiny.encode(y, z_t.shape[-2:])
         eps_hat, z0_hat = tiny(z_t, t, cond)
-    assert cond.shape == (2, tiny.config.cond_channels, 64 // scale, 64 // scale)
+    assert features.shape == (2, tiny.config.cond_channels, 64 // scale, 64 // scale)
+    blocks = list(tiny.denoiser.blocks_with_sizes((64, 64)))
+    assert [c.shape for c in cond] == [(2, blk.conv1.out_channels, *size) for blk, size in blocks]
     assert eps_hat.shape == z0_hat.shape == (2, 3, 64, 64)
     assert torch.isfinite(eps_hat).all() and torch.isfinite(z0_hat).all()
     assert not torch.allclose(eps_hat, z0_hat)
@@ -75,16 +79,16 @@ def test_tiny_shapes(tiny, scale):
 def test_size_not_multiple_rejected(tiny):
     y, _, t = inputs(scale=4)
     with pytest.raises(ValueError, match="multiple of 4"):
-        tiny(torch.randn(2, 3, 62, 62), t, tiny.encode(y))
+        tiny(torch.randn(2, 3, 62, 62), t, tiny.encode(y, (62, 62)))
 
 
 def test_time_and_conditioning_change_output(tiny):
     y, z_t, t = inputs(scale=4)
     with torch.no_grad():
-        cond = tiny.encode(y)
+        cond = tiny.encode(y, z_t.shape[-2:])
         base = torch.cat(tiny(z_t, t, cond), dim=1)
         other_time = torch.cat(tiny(z_t, 1 - t, cond), dim=1)
-        other_cond = torch.cat(tiny(z_t, t, tiny.encode(y.flip(-1))), dim=1)
+        other_cond = torch.cat(tiny(z_t, t, tiny.encode(y.flip(-1), z_t.shape[-2:])), dim=1)
     assert (base - other_time).abs().max() > 1e-3
     assert (base - other_cond).abs().max() > 1e-3
 
@@ -95,42 +99,32 @@ def test_conv2_starts_at_zero():
     assert blocks and all(not b.conv2.weight.any() and not b.conv2.bias.any() for b in blocks)
 
 
+def _resize_then_project(block, features, size):
+    """The paper's order: the encoder features resized to the block's resolution, then projected."""
+    return block.cond_proj(F.interpolate(features, size=size, mode="bilinear", align_corners=False))
+
+
 def test_cond_resize_and_projection_commute(tiny):
     block = tiny.denoiser.down[0][0]
     features = torch.randn(2, tiny.config.cond_channels, 16, 16)
     with torch.no_grad():
-        expected = block.cond(features, (64, 64))
-        projected_first = block.cond(features, (64, 64), project_first=True)
+        expected = _resize_then_project(block, features, (64, 64))
+        projected_first = block.cond(features, (64, 64))
     torch.testing.assert_close(projected_first, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_precomputed_conditioning_equals_reference_denoiser(tiny):
-    """The conditioning cache (project at LR, resize once per image) is exact in fp32."""
+def test_conditioning_at_lr_equals_the_papers_order_in_the_denoiser(tiny):
+    """The one conditioning (projected at LR, resized once per image) gives the denoiser's output of
+    the paper's order (resize, then project) in fp32."""
     for blk in tiny.modules():
         if isinstance(blk, nets.ResBlock):
             nn.init.normal_(blk.conv2.weight, std=0.05)
     y, z_t, t = inputs(scale=4, batch=2)
     with torch.no_grad():
-        features = tiny.encode(y)
-        reference = tiny(z_t, t, features)
-        cache = tiny.denoiser.block_conditioning(features, z_t.shape[-2:], project_first=True)
-        cached = tiny(z_t, t, cache)
+        features = tiny.encoder(y)
+        papers = tuple(_resize_then_project(blk, features, size)
+                       for blk, size in tiny.denoiser.blocks_with_sizes(z_t.shape[-2:]))
+        reference = tiny(z_t, t, papers)
+        cached = tiny(z_t, t, tiny.encode(y, z_t.shape[-2:]))
     for a, b in zip(reference, cached):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
-
-
-def test_blocks_use_fusable_group_norm_silu(tiny, monkeypatch):
-    calls, original = [], nets.group_norm_silu
-
-    def spy(x, weight, bias, groups, **kwargs):
-        calls.append(kwargs)
-        return original(x, weight, bias, groups, **kwargs)
-
-    monkeypatch.setattr(nets, "group_norm_silu", spy)
-    y, z_t, t = inputs(scale=4, batch=1)
-    with torch.no_grad():
-        tiny(z_t, t, tiny.encode(y))
-    num_blocks = sum(isinstance(m, nets.ResBlock) for m in tiny.modules())
-    fused = [c for c in calls if c.get("add_channel") is not None and c.get("add") is not None]
-    assert len(fused) == num_blocks
-    assert len(calls) == 2 * num_blocks + 1

@@ -46,7 +46,7 @@ class IdentitySolve:
 
 def identity_upscaler(model, **options):
     up = Upscaler.from_pretrained(model, engine="reference", **options)
-    up._latent = IdentitySolve()
+    up.resolver.latent = IdentitySolve()
     return up
 
 
@@ -56,8 +56,8 @@ def test_tiles_draw_their_own_noise_and_blend_to_the_untiled_image(model):
     y = torch.rand(1, 3, 150, 170, generator=torch.Generator().manual_seed(0))
     tiled = identity_upscaler(model, tile=32, overlap=8)
     x = tiled.sample(y)
-    assert max(h * w for *_, h, w in tiled._latent.shapes) <= (SCALE * 32) ** 2
-    expected = (upscale(y, SCALE) + tiled.config.sigma * seeded_prior(0, (1, 3, SCALE * 152, SCALE * 176))
+    assert max(h * w for *_, h, w in tiled.resolver.latent.shapes) <= (SCALE * 32) ** 2
+    expected = (upscale(y, SCALE) + tiled.resolver.sigma * seeded_prior(0, (1, 3, SCALE * 152, SCALE * 176))
                 [..., : SCALE * 150, : SCALE * 170]).clamp(0, 1)
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(identity_upscaler(model).sample(y), expected, atol=1e-5, rtol=0)
@@ -76,9 +76,9 @@ def test_large_images_are_tiled_without_asking(model, monkeypatch):
     monkeypatch.setattr("ecdp.upscaler.AUTO_TILE_ABOVE", 40 * 40)
     up = identity_upscaler(model)
     up.sample(torch.rand(1, 3, 48, 40))
-    assert len(up._latent.shapes) == 1
+    assert len(up.resolver.latent.shapes) == 1
     up.sample(torch.rand(1, 3, 48, 48))
-    assert len(up._latent.shapes) == 1 + 1 and up._latent.shapes[-1] == (1, 3, SCALE * 48, SCALE * 48)
+    assert len(up.resolver.latent.shapes) == 1 + 1 and up.resolver.latent.shapes[-1] == (1, 3, SCALE * 48, SCALE * 48)
     assert AUTO_TILE > 48
 
 
@@ -90,7 +90,7 @@ def test_out_of_memory_is_one_sentence_that_suggests_tiles(model, tile, advice):
     def allocate(y, z1, callback=None):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:119] . DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 27648000000 bytes.")
-    up._latent = allocate
+    up.resolver.latent = allocate
     with pytest.raises(UserError, match=r"^out of memory on cpu for a 40x32 image \(its result alone takes 0.0 GB\); "
                        + advice.replace("(", r"\(").replace(")", r"\)")):
         up.sample(torch.rand(1, 3, 32, 40))
@@ -101,6 +101,6 @@ def test_other_runtime_errors_pass_through(model):
 
     def broken(y, z1, callback=None):
         raise RuntimeError("shape mismatch")
-    up._latent = broken
+    up.resolver.latent = broken
     with pytest.raises(RuntimeError, match="shape mismatch"):
         up.sample(torch.rand(1, 3, 8, 8))

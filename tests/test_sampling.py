@@ -4,7 +4,8 @@ import pytest
 import torch
 from torchdiffeq import odeint
 
-from ecdp.sampling import solve
+from ecdp.modelfile import ModelConfig
+from ecdp.sampling import SamplerSpec, solve
 from ecdp.sde import probability_flow_drift
 from ecdp.parametrization import HybridDenoiser, noise_estimate
 from oracle import GaussianOracle
@@ -20,8 +21,8 @@ def _prior(n, seed=0):
 def _check_oracle(solver, steps, grid, param, **kw):
     oracle = GaussianOracle()
     z1 = _prior(200_000)
-    z, nfe = solve(HybridDenoiser(oracle, param), z1, None, solver=solver, steps=steps, grid=grid, t_end=T_END,
-                   **kw)
+    sampler = SamplerSpec(solver=solver, steps=steps, grid=grid, t_end=T_END, **kw)
+    z, nfe = solve(HybridDenoiser(oracle, param), z1, None, sampler)
     exact = oracle.exact_map(z1, T_END)
     assert (z - exact).abs().max().item() < 0.01, (solver, grid, param)
     # N(0, 1) goes to N(m, v): compare with the exact target at t_end (m, v up to alpha(t_end)).
@@ -63,7 +64,7 @@ def _fit_order(solver, grid, step_counts):
     exact = oracle.exact_map(z1, T_END)
     errors = []
     for n in step_counts:
-        z, _ = solve(HybridDenoiser(oracle), z1, None, solver=solver, steps=n, grid=grid, t_end=T_END)
+        z, _ = solve(HybridDenoiser(oracle), z1, None, SamplerSpec(solver=solver, steps=n, grid=grid, t_end=T_END))
         errors.append((z - exact).abs().max().item())
     slope = -torch.linalg.lstsq(
         torch.tensor([[math.log(n), 1.0] for n in step_counts], dtype=torch.float64),
@@ -112,18 +113,29 @@ def test_rk4_agrees_with_torchdiffeq_dopri5():
     with torch.no_grad():
         ref = odeint(drift, z1, torch.tensor([1.0, T_END], dtype=torch.float64),
                      method="dopri5", atol=1e-7, rtol=1e-7)[-1]
-        ours, _ = solve(HybridDenoiser(net), z1, cond, solver="rk4", steps=400, t_end=T_END)
-        adaptive, nfe = solve(HybridDenoiser(net), z1, cond, solver="dopri5", atol=1e-7, rtol=1e-7, t_end=T_END)
+        ours, _ = solve(HybridDenoiser(net), z1, cond, SamplerSpec(solver="rk4", steps=400, grid="uniform", t_end=T_END))
+        adaptive, nfe = solve(HybridDenoiser(net), z1, cond, SamplerSpec(solver="dopri5", atol=1e-7, rtol=1e-7,
+                                                                     t_end=T_END))
     assert (ours - ref).abs().max().item() < 1e-5
     assert (adaptive - ref).abs().max().item() < 1e-12
     assert nfe > 0
 
 
-def test_unknown_solver_and_missing_steps():
-    with pytest.raises(ValueError, match="unknown solver"):
-        solve(HybridDenoiser(GaussianOracle()), _prior(4), None, solver="rk45", steps=4)
-    with pytest.raises(ValueError, match="steps"):
-        solve(HybridDenoiser(GaussianOracle()), _prior(4), None, solver="heun")
+@pytest.mark.parametrize("settings, message", [
+    (dict(solver="rk45"), "unknown solver 'rk45'"), (dict(solver="heun", steps=0), "at least one step, got 0"),
+    (dict(grid="cosine"), "unknown time grid 'cosine'"), (dict(t_end=1.5), "t_end must lie between 0 and 1"),
+    (dict(solver="dopri5", atol=0), "tolerances must be positive")])
+def test_sampler_spec_refuses_bad_settings_when_made(settings, message):
+    """One place checks a sampler: SamplerSpec, before any solve starts."""
+    with pytest.raises(ValueError, match=message):
+        SamplerSpec(**settings)
+
+
+def test_sampler_spec_of_a_config_takes_overrides_that_are_not_none():
+    config = ModelConfig(solver="euler", steps=7, grid="uniform")
+    assert SamplerSpec.of(config) == SamplerSpec("euler", 7, "uniform")
+    assert SamplerSpec.of(config, solver="rk4", steps=None, grid=None) == SamplerSpec("rk4", 7, "uniform")
+    assert SamplerSpec.of(config, steps=3).nfe == 3 and SamplerSpec("dopri5").nfe is None
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dpmpp2m", "dopri5"])
@@ -131,8 +143,8 @@ def test_callback_once_per_step_or_per_evaluation(solver):
     """Progress hook: once per fixed step; once per network evaluation of dopri5. It changes nothing."""
     calls = []
     z1 = _prior(8)
-    with_callback, nfe = solve(HybridDenoiser(GaussianOracle()), z1, None, solver=solver, steps=5, grid="logsnr",
-                               callback=lambda: calls.append(1))
-    plain, _ = solve(HybridDenoiser(GaussianOracle()), z1, None, solver=solver, steps=5, grid="logsnr")
+    sampler = SamplerSpec(solver=solver, steps=5, grid="logsnr")
+    with_callback, nfe = solve(HybridDenoiser(GaussianOracle()), z1, None, sampler, callback=lambda: calls.append(1))
+    plain, _ = solve(HybridDenoiser(GaussianOracle()), z1, None, sampler)
     assert len(calls) == (nfe if solver == "dopri5" else 5)
     assert torch.equal(with_callback, plain)

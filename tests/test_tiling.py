@@ -111,7 +111,7 @@ def test_no_visible_seam(runs):
 
 
 def test_network_never_sees_more_than_a_tile(runs):
-    recorder, tiles = runs["upscaler"].net, len(tile_starts(SIZE, TILE, OVERLAP)) ** 2
+    recorder, tiles = runs["upscaler"].resolver.net, len(tile_starts(SIZE, TILE, OVERLAP)) ** 2
     assert max(h * w for *_, h, w in recorder.encoded) <= TILE * TILE
     assert max(h * w for *_, h, w in recorder.denoised) <= (SCALE * TILE) ** 2
     assert len(recorder.encoded) == tiles

@@ -40,9 +40,9 @@ class Recorder(nn.Module):
         super().__init__()
         self.net, self.encoded, self.denoised = net, [], []
 
-    def encode(self, y):
+    def encode(self, y, hr_size):
         self.encoded.append(tuple(y.shape))
-        return self.net.encode(y)
+        return self.net.encode(y, hr_size)
 
     def forward(self, z_t, t, cond):
         self.denoised.append(tuple(z_t.shape))
@@ -52,7 +52,7 @@ class Recorder(nn.Module):
 def recorded(model, **options):
     """An Upscaler (reference engine: the network is called as it is) whose network records the shapes it is given."""
     net, config = load_model(model)
-    return Upscaler(Recorder(net), config, **{"engine": "reference", **options})
+    return Upscaler.from_model(Recorder(net), config, **{"engine": "reference", **options})
 
 
 def random_uint8(shape, seed=0):
@@ -143,20 +143,20 @@ def test_odd_sizes_are_padded(tmp_path):
     up = recorded(save_tiny_model(tmp_path, net=net))
     out = up.upscale(torch.rand(1, 3, 13, 11, generator=torch.Generator().manual_seed(0)))
     assert out.shape == (1, 3, 52, 44)
-    assert up.net.denoised[0] == (1, 3, 56, 48)
+    assert up.resolver.net.denoised[0] == (1, 3, 56, 48)
 
 
 @pytest.mark.parametrize("solver, steps, nfe", [("euler", 3, 3), ("heun", 2, 4), ("dpmpp2m", 3, 3)])
 def test_last_nfe_counts_network_evaluations(model, solver, steps, nfe):
     up = recorded(model, solver=solver, steps=steps)
     up.sample(torch.rand(1, 3, 8, 8))
-    assert up.last_nfe == len(up.net.denoised) == nfe
+    assert up.last_nfe == len(up.resolver.net.denoised) == nfe
 
 
 def test_last_nfe_of_adaptive_solver(model):
     up = recorded(model, solver="dopri5", atol=0.1, rtol=0.1)
     up.sample(torch.rand(1, 3, 4, 4))
-    assert up.last_nfe == len(up.net.denoised) > 0
+    assert up.last_nfe == len(up.resolver.net.denoised) > 0
 
 
 def test_default_model_is_not_installed_yet(tmp_path, monkeypatch):

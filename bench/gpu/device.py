@@ -47,7 +47,7 @@ FAST = {   # name: (CUDA graph, Triton kernels, fused ODE update, torch.compile)
     "graph, fused ODE off": (True, True, False, False),
     "graph + compile": (True, True, True, True),
 }
-SOLVER = dict(solver="heun", steps=3, grid="logsnr")
+SOLVER = dict(solver="heun", steps=3, grid="logsnr")   # a SamplerSpec
 
 
 class Budget:
@@ -146,10 +146,11 @@ def _measure(run, batch, warmup, reps):
 
 def _resolvers(net, config, name):
     from ecdp.engine import GraphedSolve, fast_resolver
+    from ecdp.sampling import SamplerSpec
     graph, _, fused, compiled = FAST[name]
     on_gpu = torch.cuda.is_available()
-    resolver = fast_resolver(net, config, dtype=torch.bfloat16 if on_gpu else None, fused_ode=fused,
-                             compile_mode="default" if compiled else None, **SOLVER)
+    resolver = fast_resolver(net, config, SamplerSpec(**SOLVER), dtype=torch.bfloat16 if on_gpu else None, fused_ode=fused,
+                             compile_mode="default" if compiled else None)
     latent = GraphedSolve(lambda y, z1: resolver.latent(y, z1)[0]) if graph else (lambda y, z1: resolver.latent(y, z1)[0])
     return resolver, latent
 
@@ -159,6 +160,7 @@ def end_to_end_case(model, lr, batch, quick, budget):
     import ecdp.kernels as kernels
     from bench.harness import Case, inputs, load
     from ecdp.pipeline import SuperResolver
+    from ecdp.sampling import SamplerSpec
 
     net, config, description = load(model)
     y, z1 = inputs(Case(model, lr, batch), config.scale)
@@ -166,7 +168,7 @@ def end_to_end_case(model, lr, batch, quick, budget):
     rows = []
     base = dict(model=model, description=description, lr=lr, hr=lr * config.scale, batch=batch)
     with torch.inference_mode():
-        dopri = SuperResolver(net, config, solver="dopri5", atol=1e-3, rtol=1e-3)
+        dopri = SuperResolver(net, config, SamplerSpec(solver="dopri5", atol=1e-3, rtol=1e-3))
         nfe = {}
 
         def run_dopri():
@@ -175,7 +177,7 @@ def end_to_end_case(model, lr, batch, quick, budget):
 
         _, ms, peak = _measure(run_dopri, batch, 0 if quick else 1, 1)
         rows.append(dict(base, config="reference fp32, dopri5 1e-3", nfe=nfe["n"], ms_per_image=ms, peak_mb=peak))
-        heun = SuperResolver(net, config, **SOLVER)
+        heun = SuperResolver(net, config, SamplerSpec(**SOLVER))
         reference_x, ms, peak = _measure(lambda: heun(y, z1), batch, warmup, reps)
         rows.append(dict(base, config="reference fp32, heun 3 logsnr", nfe=6, ms_per_image=ms, peak_mb=peak))
         for name, (_, triton_on, _, compiled) in FAST.items():

@@ -56,7 +56,7 @@ def run(args):
 
     set_threads(args)
     upscaler = Upscaler.from_pretrained(args.checkpoint, device=args.device, **sampler_options(args))
-    scale = upscaler.config.scale
+    scale = upscaler.scale
     records = []
     with torch.inference_mode(), console.progress(len(PHOTOS), desc="demo", unit="photo") as bar:
         for name in PHOTOS:

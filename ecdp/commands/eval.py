@@ -53,7 +53,7 @@ def _evaluate(folders, args, process):
     set_threads(args)
     tol = {"atol": args.tol, "rtol": args.tol} if args.tol is not None else {}
     upscaler = Upscaler.from_pretrained(args.checkpoint, device=process.device, **sampler_options(args), **tol)
-    scale = upscaler.config.scale
+    scale = upscaler.scale
     if args.scale and args.scale != scale:
         raise UserError(f"{args.checkpoint} upscales by {scale}, not by the requested {args.scale}.")
     has_lpips, reason = lpips_available(args.lpips_weights)
@@ -71,7 +71,7 @@ def _report(datasets, upscaler, has_lpips, reason, args):
     from ecdp.evaluation import METRICS, print_table
     from ecdp.fileio import atomic_path
 
-    scale = upscaler.config.scale
+    scale = upscaler.scale
     lpips_note = "AlexNet v0.1" if has_lpips else f"unavailable: {reason}"
     for dataset in datasets:
         print_table(dataset, has_lpips)
@@ -85,7 +85,8 @@ def _report(datasets, upscaler, has_lpips, reason, args):
 
 def _settings(args, upscaler):
     """The sampler the scores were made with: the upscaler's, which resolved the options against the model."""
-    return {"engine": args.engine, "precision": upscaler.precision, "solver": upscaler.solver, "steps": upscaler.steps, "grid": upscaler.grid,
+    return {"engine": args.engine, "precision": upscaler.precision, "solver": upscaler.sampler.solver,
+            "steps": upscaler.sampler.steps, "grid": upscaler.sampler.grid,
             "tol": args.tol, "seed": args.seed, "device": args.device}
 
 
@@ -96,7 +97,7 @@ def _eval_folder(folder, paths, upscaler, args, distance, bar, process):
     from ecdp.evaluation import mean_scores, read_hr, save_strip, score_image
 
     results = []
-    scale = upscaler.config.scale
+    scale = upscaler.scale
     for index, path in process.share(enumerate(paths)):
         try:
             hr = read_hr(path, scale)
