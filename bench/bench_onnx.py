@@ -36,7 +36,7 @@ def exported(models, tmp_path_factory):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = THREADS
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    info = dict(model=model, solver=f"{resolver.solver} {resolver.steps} steps, {resolver.grid} grid",
+    info = dict(model=model, solver=f"{resolver.sampler.solver} {resolver.sampler.steps} steps, {resolver.sampler.grid} grid",
                 export_s=export_s, exporter=f"torch.onnx.export, TorchScript, opset {OPSET}")
     return resolver, session, work(config.net, CASE.lr, config.scale), info
 

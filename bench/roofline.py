@@ -20,8 +20,8 @@ from ecdp.nets import build
 
 @dataclass(frozen=True)
 class Work:
-    """Per image: the encoder, the per-block conditioning (once per image on the fast path), and one
-    network evaluation with the conditioning recomputed (the reference) or precomputed (fast)."""
+    """Per image: the encoder, the per-block conditioning (once per solve), and one network
+    evaluation with the conditioning recomputed (as a training step does) or precomputed (a solve)."""
 
     encoder_flops: int
     conditioning_flops: int
@@ -75,9 +75,10 @@ def work(net_config, lr, scale, dtype=torch.float32):
         y = torch.rand(1, 3, lr, lr, dtype=dtype)
         z = torch.randn(1, 3, lr * scale, lr * scale, dtype=dtype)
         t = torch.full((1,), 0.5)
-        encoder_flops, _, features = _count(net.encode, y)
-        conditioning_flops, _, cond = _count(net.denoiser.block_conditioning, features, z.shape[-2:], True)
-        nfe_flops, nfe_bytes, _ = _count(net, z, t, features)
+        encoder_flops, _, features = _count(net.encoder, y)
+        conditioning_flops, _, cond = _count(net.denoiser.block_conditioning, features, z.shape[-2:])
+        recomputed = lambda z, t: net.denoiser(z, t, net.denoiser.block_conditioning(features, z.shape[-2:]))
+        nfe_flops, nfe_bytes, _ = _count(recomputed, z, t)
         cached_flops, cached_bytes, _ = _count(net.denoiser, z, t, cond)
     return Work(encoder_flops, conditioning_flops, nfe_flops, nfe_bytes, cached_flops, cached_bytes)
 

@@ -27,7 +27,7 @@ def paper_gn_sites(lr=64, channels_last=False):
         net = nets.build("paper").eval()
     hr = (4 * lr, 4 * lr)
     with torch.inference_mode():
-        cond = net.denoiser.block_conditioning(net.encode(torch.empty(1, 3, lr, lr)), hr, project_first=True)
+        cond = net.encode(torch.empty(1, 3, lr, lr), hr)
         nets.group_norm_silu = hook
         try:
             net.denoiser(torch.empty(1, 3, *hr), torch.empty(1), cond)
