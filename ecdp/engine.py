@@ -29,7 +29,7 @@ from ecdp.choices import PRECISIONS
 from ecdp.kernels.ode_coef import solver_table
 from ecdp.pipeline import SuperResolver
 from ecdp.resize import resize_matrix
-from ecdp.sampling import SamplerSpec
+from ecdp.sampling import SamplerSpec, solve
 
 
 class CachedDenoiser(nn.Module):
@@ -173,7 +173,7 @@ class FastResolver(SuperResolver):
         self.fused_ode, self.tables, self.precision = fused_ode, {}, precision
         if cuda_graphs:
             self.sampler.require_fixed_step("a captured solve")
-        self.graphs = GraphedSolve(lambda y, z1: self.eager_latent(y, z1)[0], max_graphs) if cuda_graphs else None
+        self.graphs = GraphedSolve(lambda y, z1: self._solve(y, z1)[0], max_graphs) if cuda_graphs else None
 
     def uses_fused(self, z1):
         if not self.sampler.fixed_step:
@@ -192,18 +192,18 @@ class FastResolver(SuperResolver):
 
     def latent(self, y, z1, callback=None):
         if self.graphs is None or not z1.is_cuda:
-            return self.eager_latent(y, z1, callback)
+            return self._solve(y, z1, callback)
         z = self.graphs(y, z1)
         for _ in range(self.sampler.steps if callback else 0):
             callback()
         return z, self.sampler.nfe
 
-    def eager_latent(self, y, z1, callback=None):
-        """latent without CUDA graphs."""
-        if not self.uses_fused(z1):
-            return super().latent(y, z1, callback)
-        z = fused_solve(self.net, z1, self.net.encode(y, z1.shape[-2:]), self.table(z1), callback)
-        return z, self.sampler.nfe
+    def _solve(self, y, z1, callback=None):
+        """latent without CUDA graphs: fused_solve or ecdp.sampling.solve."""
+        cond = self.net.encode(y, z1.shape[-2:])
+        if self.uses_fused(z1):
+            return fused_solve(self.net, z1, cond, self.table(z1), callback), self.sampler.nfe
+        return solve(self.model, z1, cond, self.sampler, callback=callback)
 
 
 def fast_resolver(net, config, sampler=None, *, dtype=None, channels_last=False, compile_mode=None, **options):

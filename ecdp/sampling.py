@@ -90,17 +90,16 @@ def solve(model, z1: torch.Tensor, cond, sampler: SamplerSpec, *, callback=None,
     step, whatever the number of steps: the adjoint of the quality loss (eq. 19). Raises
     ValueError for checkpoint=True with dopri5.
     """
-    eps_fn = noise_fn(model, cond)
     if not sampler.fixed_step:
         if checkpoint:
             sampler.require_fixed_step("checkpointed steps")
-        return _solve_adaptive(eps_fn, z1, sampler, callback)
+        return _solve_adaptive(model, z1, cond, sampler, callback)
     ts = sampler.times(dtype=z1.dtype, device=z1.device)
     run = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False) if checkpoint else _call
     if sampler.solver == "dpmpp2m":
-        return _solve_dpmpp2m(eps_fn, z1, ts, run, callback), sampler.nfe
+        return _solve_dpmpp2m(model, z1, cond, ts, run, callback), sampler.nfe
     step = ONE_STEP_SOLVERS[sampler.solver]
-    drift = drift_fn(eps_fn)
+    drift = drift_fn(model, cond)
     z = z1
     for i in range(sampler.steps):
         z = run(step, drift, z, ts[i], ts[i + 1])
@@ -113,17 +112,11 @@ def _call(fn, *args):
     return fn(*args)
 
 
-def noise_fn(model, cond):
-    """eps_hyb(z, t) of the model for a scalar t, conditioned on cond."""
-    def eps_fn(z, t):
-        return model(z, t.expand(z.shape[0]), cond)
-    return eps_fn
-
-
-def drift_fn(eps_fn):
-    """The probability-flow drift f(z, t) for a noise estimate eps_fn(z, t)."""
+def drift_fn(model, cond):
+    """The probability-flow drift f(z, t) of the model's noise estimate, conditioned on cond, for a scalar t."""
     def drift(z, t):
-        return probability_flow_drift(z, t.expand(z.shape[0]), eps_fn(z, t))
+        t = t.expand(z.shape[0])
+        return probability_flow_drift(z, t, model(z, t, cond))
     return drift
 
 
@@ -150,7 +143,7 @@ def rk4_step(f, z, t, s):
 ONE_STEP_SOLVERS = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}
 
 
-def _solve_dpmpp2m(eps_fn, z, ts, run, callback=None):
+def _solve_dpmpp2m(model, z, cond, ts, run, callback=None):
     """DPM-Solver++(2M) on the data prediction implied by the noise estimate.
 
     With sqrt_a = sqrt(a), noise_std = sqrt(1 - a), DPM-Solver's lambda = log(sqrt_a / noise_std) (half
@@ -164,7 +157,8 @@ def _solve_dpmpp2m(eps_fn, z, ts, run, callback=None):
     steps = len(ts) - 1
 
     def step(i, z, z0_prev):
-        z0 = data_estimate(z, ts[i].expand(z.shape[0]), eps_fn(z, ts[i]))
+        t = ts[i].expand(z.shape[0])
+        z0 = data_estimate(z, t, model(z, t, cond))
         h = half_log_snr[i + 1] - half_log_snr[i]
         d = z0
         if 0 < i < steps - 1:
@@ -180,14 +174,14 @@ def _solve_dpmpp2m(eps_fn, z, ts, run, callback=None):
     return z
 
 
-def _solve_adaptive(eps_fn, z1, sampler, callback=None):
+def _solve_adaptive(model, z1, cond, sampler, callback=None):
     """torchdiffeq dopri5 from t = 1 to t_end, counting network evaluations.
 
     A rejected step may evaluate the drift outside [t_end, 1], where alpha(t) > 1 for t < 0:
     the drift is evaluated at t clamped to that interval.
     """
     nfe = 0
-    drift_at = drift_fn(eps_fn)
+    drift_at = drift_fn(model, cond)
 
     def drift(t, z):
         nonlocal nfe

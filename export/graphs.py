@@ -14,7 +14,7 @@ from ecdp.engine import CachedDenoiser
 from ecdp.errors import UserError
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
-from ecdp.sampling import ONE_STEP_SOLVERS, SamplerSpec, drift_fn, noise_fn
+from ecdp.sampling import ONE_STEP_SOLVERS, SamplerSpec, drift_fn
 
 EXPORT_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -108,7 +108,7 @@ class StepGraph(nn.Module):
 
     def forward(self, z, t, t_next, *cond):
         r = self.resolver
-        drift = drift_fn(noise_fn(r.model, cond))
+        drift = drift_fn(r.model, cond)
         # The step functions broadcast times over images as (B, 1, 1, 1); the drift takes them as (B,).
         return self.step(lambda z, t: drift(z, t.reshape(-1)), z, _column(t), _column(t_next))
 
