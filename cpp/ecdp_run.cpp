@@ -1,7 +1,7 @@
 // ecdp-run: super-resolve one PPM image with an exported ECDP solve.
 //
 //   ecdp-run MODEL.pt2 in.ppm out.ppm [--seed N | --noise noise.bin]
-//   ecdp-run --engine MODEL.engine in.ppm out.ppm [...]   (built with TensorRT only)
+//   ecdp-run --trt MODEL.plan in.ppm out.ppm [...]   (built with TensorRT only)
 //
 // The prior noise is torch.randn from a CPU generator seeded with N (default 0), the noise that
 // ecdp.Upscaler draws for the same seed when the HR image fits in one 512x512 noise block
@@ -22,12 +22,12 @@
 namespace {
 
 const char* kUsage =
-    "usage: ecdp-run [--engine] MODEL IN.ppm OUT.ppm [--seed N | --noise FILE]\n"
-    "  MODEL: an AOTInductor package (.pt2) from `ecdp-export --aoti`, or with --engine a TensorRT\n"
-    "  engine from `ecdp-export --trt`; FILE: raw float32 noise of the model's noise shape.\n";
+    "usage: ecdp-run [--trt] MODEL IN.ppm OUT.ppm [--seed N | --noise FILE]\n"
+    "  MODEL: an AOTInductor package (.pt2) from `ecdp-export --aoti`, or with --trt a TensorRT\n"
+    "  plan from `ecdp-export --trt`; FILE: raw float32 noise of the model's noise shape.\n";
 
 struct Options {
-  bool engine = false;
+  bool trt = false;
   std::vector<std::string> paths;  // model, input, output
   uint64_t seed = 0;
   std::string noise_file;
@@ -38,8 +38,8 @@ Options parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     bool has_value = i + 1 < argc;
-    if (arg == "--engine") {
-      options.engine = true;
+    if (arg == "--trt") {
+      options.trt = true;
     } else if (arg == "--seed" && has_value) {
       options.seed = std::stoull(argv[++i]);
     } else if (arg == "--noise" && has_value) {
@@ -57,9 +57,9 @@ Options parse(int argc, char** argv) {
 std::unique_ptr<ecdp::Model> load(const Options& options) {
   const std::string& path = options.paths[0];
   if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such file");
-  if (!options.engine) return ecdp::load_package(path);
+  if (!options.trt) return ecdp::load_package(path);
 #ifdef ECDP_WITH_TENSORRT
-  return ecdp::load_engine(path);
+  return ecdp::load_plan(path);
 #else
   throw std::runtime_error("this ecdp-run was built without TensorRT; rebuild where CMake finds TensorRT");
 #endif

@@ -23,8 +23,8 @@ class Model {
 std::unique_ptr<Model> load_package(const std::string& path);
 
 #ifdef ECDP_WITH_TENSORRT
-// A TensorRT engine written by `ecdp-export --trt`.
-std::unique_ptr<Model> load_engine(const std::string& path);
+// A TensorRT plan (serialized engine) written by `ecdp-export --trt`.
+std::unique_ptr<Model> load_plan(const std::string& path);
 #endif
 
 }  // namespace ecdp

@@ -6,8 +6,8 @@ The names below are loaded on first use: the ONNX and TensorRT ones need the ``e
 import importlib
 
 _HOMES = {"export_aoti": "aoti", "ExportSpec": "graphs", "export_onnx": "onnx_export",
-          "run_step_graphs": "onnx_export", "export_engine": "trt_engine", "build_engine": "trt_engine",
-          "TensorRTResolver": "trt_engine", "tensorrt_upscaler": "trt_engine"}
+          "run_step_graphs": "onnx_export", "export_plan": "trt_plan", "build_plan": "trt_plan",
+          "TensorRTResolver": "trt_plan", "tensorrt_upscaler": "trt_plan"}
 
 __all__ = list(_HOMES)
 

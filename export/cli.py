@@ -1,4 +1,4 @@
-"""The ``ecdp-export`` command: a model folder to ONNX, a TensorRT engine or an AOTInductor package.
+"""The ``ecdp-export`` command: a model folder to ONNX, a TensorRT plan or an AOTInductor package.
 
 PyTorch and the exporters are imported only once the arguments are parsed, so ``--help`` is instant
 and a missing optional dependency is one sentence naming the extra to install.
@@ -34,7 +34,7 @@ def main(argv=None):
 def _run(args):
     check_writable(args.output)
     if args.graph != "full" and not args.onnx:
-        raise UserError("--graph step is only for --onnx; engines and AOTInductor packages hold the full solve.")
+        raise UserError("--graph step is only for --onnx; TensorRT plans and AOTInductor packages hold the full solve.")
     if args.onnx or args.trt:
         require_export_extra("--onnx" if args.onnx else "--trt")
     from ecdp.export.graphs import ExportSpec
@@ -46,9 +46,9 @@ def _run(args):
 
         return export_onnx(args.onnx, args.output, spec, graph=args.graph)
     if args.trt:
-        from ecdp.export.trt_engine import export_engine
+        from ecdp.export.trt_plan import export_plan
 
-        return export_engine(args.trt, args.output, spec, workspace_gib=args.workspace,
+        return export_plan(args.trt, args.output, spec, workspace_gib=args.workspace,
                              timing_cache=args.timing_cache)
     import torch
 
@@ -72,7 +72,7 @@ def _parser():
                                      "folder (or 'default') for deployment.")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--onnx", metavar="MODEL", help="write ONNX graph(s)")
-    target.add_argument("--trt", metavar="MODEL", help="build a TensorRT engine (MODEL may also be an .onnx file)")
+    target.add_argument("--trt", metavar="MODEL", help="build a TensorRT plan (MODEL may also be an .onnx file)")
     target.add_argument("--aoti", metavar="MODEL", help="compile an AOTInductor package (.pt2)")
     parser.add_argument("-o", "--output", required=True, help="output file")
     parser.add_argument("--lr-size", type=_size, default=(64, 64), metavar="HxW", help="LR input size (default 64x64)")

@@ -1,6 +1,6 @@
 """What the exporters trace: the whole fixed-step solve, the encoder, and one solver step.
 
-All three wrap one ``SuperResolver`` whose denoiser is the engine's ``CachedDenoiser`` (every
+All three wrap one ``SuperResolver`` whose denoiser is the fast engine's ``CachedDenoiser`` (every
 block's conditioning projected and resized once per image), so each exported form computes what
 the Python sampler computes. Shapes are static: the bicubic mu(y) is a pair of constant matrices
 for one LR size.

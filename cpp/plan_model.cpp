@@ -1,4 +1,4 @@
-// The TensorRT engine of `ecdp-export --trt`, with libtorch CUDA tensors as its I/O buffers.
+// The TensorRT plan of `ecdp-export --trt` (a serialized engine), with libtorch CUDA tensors as its I/O buffers.
 // Compiled only when CMake finds TensorRT and libtorch has CUDA (ECDP_WITH_TENSORRT).
 #include <fstream>
 #include <iostream>
@@ -67,6 +67,6 @@ class EngineModel : public Model {
 
 }  // namespace
 
-std::unique_ptr<Model> load_engine(const std::string& path) { return std::make_unique<EngineModel>(path); }
+std::unique_ptr<Model> load_plan(const std::string& path) { return std::make_unique<EngineModel>(path); }
 
 }  // namespace ecdp

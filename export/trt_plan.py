@@ -1,4 +1,5 @@
-"""TensorRT engines of the full ONNX graph: the builder, and TensorRTResolver to run them behind an Upscaler.
+"""TensorRT plans (serialized engines) of the full ONNX graph: the builder, and TensorRTResolver to run
+one behind an Upscaler. A plan is what TensorRT builds; "engine" in ecdp means how a solve runs.
 
 Networks are built strongly typed: every tensor keeps the precision of the ONNX graph (``--fp16``
 / ``--bf16`` export fp16 / bf16 convolutions with fp32 GroupNorm statistics and an fp32 ODE
@@ -32,20 +33,20 @@ def import_tensorrt():
     return tensorrt
 
 
-def export_engine(model, path, spec, *, workspace_gib=4.0, timing_cache=None):
-    """Build the engine of a model folder's full graph, or of an .onnx file; return [path]."""
+def export_plan(model, path, spec, *, workspace_gib=4.0, timing_cache=None):
+    """Build the TensorRT plan of a model folder's full graph, or of an .onnx file; return [path]."""
     import_tensorrt()
     if Path(model).suffix == ".onnx":
         if not Path(model).is_file():
             raise UserError(f"{model} does not exist.")
-        return build_engine(model, path, workspace_gib=workspace_gib, timing_cache=timing_cache)
+        return build_plan(model, path, workspace_gib=workspace_gib, timing_cache=timing_cache)
     with tempfile.TemporaryDirectory() as folder:
         (onnx_path,) = export_onnx(model, Path(folder) / "full.onnx", spec)
-        return build_engine(onnx_path, path, workspace_gib=workspace_gib, timing_cache=timing_cache)
+        return build_plan(onnx_path, path, workspace_gib=workspace_gib, timing_cache=timing_cache)
 
 
-def build_engine(onnx_path, path, *, workspace_gib=4.0, timing_cache=None):
-    """Serialize a TensorRT engine of an ONNX file to `path`; read and update a timing cache file."""
+def build_plan(onnx_path, path, *, workspace_gib=4.0, timing_cache=None):
+    """Write the TensorRT plan of an ONNX file to `path`; read and update a timing cache file."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -60,12 +61,12 @@ def build_engine(onnx_path, path, *, workspace_gib=4.0, timing_cache=None):
     cache = Path(timing_cache) if timing_cache else None
     known = cache.read_bytes() if cache and cache.is_file() else b""
     config.set_timing_cache(config.create_timing_cache(known), False)
-    with console.stage(f"building the TensorRT engine {path}"):
-        engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        raise UserError(f"TensorRT could not build an engine from {onnx_path} (its log above says why).")
+    with console.stage(f"building the TensorRT plan {path}"):
+        plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise UserError(f"TensorRT could not build a plan from {onnx_path} (its log above says why).")
     with atomic_path(path) as tmp:
-        tmp.write_bytes(engine)
+        tmp.write_bytes(plan)
     if cache:
         with atomic_path(cache) as tmp:
             tmp.write_bytes(config.get_timing_cache().serialize())
@@ -83,47 +84,46 @@ def _static_profile(builder, network):
 
 
 class TensorRTResolver:
-    """A TensorRT engine of the full graph as the resolver of an ``Upscaler``: ``run(y, z1) -> (x, None)``
+    """A TensorRT plan of the full graph as the resolver of an ``Upscaler``: ``run(y, z1) -> (x, None)``
     on the current CUDA device (the network evaluations are not counted).
 
-    The engine computes mu and the output map itself, for its one LR shape: y must have it
-    (the Upscaler around it then neither pads nor tiles). Raises UserError for a file this
+    The plan computes mu and the output map itself, for its one LR shape: y must have it (the
+    Upscaler around it then neither pads nor tiles). Its sampler is not recorded (``sampler``
+    None) and its precision is the one it was exported in. Raises UserError for a file this
     TensorRT cannot run.
     """
 
-    lr_multiple = 1
-    precision = "engine's"
+    engine, lr_multiple, precision = "tensorrt", 1, "as exported"
 
-    def __init__(self, engine_path):
+    def __init__(self, plan_path):
         trt = import_tensorrt()
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise UserError(f"{engine_path} is not an engine that this TensorRT can run (its log above says why).")
-        self.context = self.engine.create_execution_context()
-        self.shapes = {name: tuple(self.engine.get_tensor_shape(name)) for name in ("lr", "noise", "sr")}
+        self.cuda_engine = runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
+        if self.cuda_engine is None:
+            raise UserError(f"{plan_path} is not a plan that this TensorRT can run (its log above says why).")
+        self.context = self.cuda_engine.create_execution_context()
+        self.shapes = {name: tuple(self.cuda_engine.get_tensor_shape(name)) for name in ("lr", "noise", "sr")}
         self.scale = self.shapes["sr"][-1] // self.shapes["lr"][-1]
         self.sampler = None
 
     def run(self, y, z1, mu=None, callback=None):
-        """(x, None) for y of the engine's LR shape and its prior noise z1; mu must be None."""
+        """(x, None) for y of the plan's LR shape and its prior noise z1; mu must be None."""
         if tuple(y.shape) != self.shapes["lr"]:
-            raise UserError(f"this engine takes LR batches of shape {self.shapes['lr']}, got {tuple(y.shape)}.")
+            raise UserError(f"this plan takes LR batches of shape {self.shapes['lr']}, got {tuple(y.shape)}.")
         if mu is not None:
-            raise ValueError("a TensorRT engine computes mu(y) itself")
+            raise ValueError("a TensorRT plan computes mu(y) itself")
         tensors = {"lr": y.contiguous(), "noise": z1.contiguous(), "sr": torch.empty(self.shapes["sr"], device=y.device)}
         for name, tensor in tensors.items():
             self.context.set_tensor_address(name, tensor.data_ptr())
         if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise RuntimeError("TensorRT failed to run the engine.")
+            raise RuntimeError("TensorRT failed to run the plan.")
         return tensors["sr"], None
 
 
-def tensorrt_upscaler(engine_path, *, seed=0) -> Upscaler:
-    """An ``Upscaler`` around a TensorRT engine of the full graph (``TensorRTResolver``), on CUDA.
+def tensorrt_upscaler(plan_path, *, seed=0) -> Upscaler:
+    """An ``Upscaler`` around a TensorRT plan of the full graph (``TensorRTResolver``), on CUDA.
 
-    Images must have the engine's LR size and batch. The prior noise is drawn as for any
-    Upscaler, so the same seed gives the same noise as the PyTorch path.
+    Images must have the plan's LR size and batch. The prior noise is drawn as for any Upscaler,
+    so the same seed gives the same noise as the PyTorch path.
     """
-    resolver = TensorRTResolver(engine_path)
-    return Upscaler(resolver, device="cuda", seed=seed)
+    return Upscaler(TensorRTResolver(plan_path), device="cuda", seed=seed)
