@@ -95,21 +95,21 @@ def solve(model, z1: torch.Tensor, cond, sampler: SamplerSpec, *, callback=None,
             sampler.require_fixed_step("checkpointed steps")
         return _solve_adaptive(model, z1, cond, sampler, callback)
     ts = sampler.times(dtype=z1.dtype, device=z1.device)
-    run = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False) if checkpoint else _call
     if sampler.solver == "dpmpp2m":
-        return _solve_dpmpp2m(model, z1, cond, ts, run, callback), sampler.nfe
-    step = ONE_STEP_SOLVERS[sampler.solver]
+        return _solve_dpmpp2m(model, z1, cond, ts, checkpoint, callback), sampler.nfe
+    step = _checkpointed(ONE_STEP_SOLVERS[sampler.solver], checkpoint)
     drift = drift_fn(model, cond)
     z = z1
     for i in range(sampler.steps):
-        z = run(step, drift, z, ts[i], ts[i + 1])
+        z = step(drift, z, ts[i], ts[i + 1])
         if callback:
             callback()
     return z, sampler.nfe
 
 
-def _call(fn, *args):
-    return fn(*args)
+def _checkpointed(fn, checkpoint):
+    """fn, or with checkpoint=True fn whose activations are recomputed in the backward pass."""
+    return functools.partial(torch.utils.checkpoint.checkpoint, fn, use_reentrant=False) if checkpoint else fn
 
 
 def drift_fn(model, cond):
@@ -143,14 +143,14 @@ def rk4_step(f, z, t, s):
 ONE_STEP_SOLVERS = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}
 
 
-def _solve_dpmpp2m(model, z, cond, ts, run, callback=None):
+def _solve_dpmpp2m(model, z, cond, ts, checkpoint=False, callback=None):
     """DPM-Solver++(2M) on the data prediction implied by the noise estimate.
 
     With sqrt_a = sqrt(a), noise_std = sqrt(1 - a), DPM-Solver's lambda = log(sqrt_a / noise_std) (half
     the log-SNR) and h the step in lambda: z' = noise_std'/noise_std z - sqrt_a' (e^-h - 1) D, where D
     is the current data estimate on the first and the last step, and its second-order extrapolation
     from the previous one between them (the last step, the longest in lambda, is taken at first
-    order as DPM-Solver++ does). run(fn, *args) calls each step (solve's checkpointing).
+    order as DPM-Solver++ does). checkpoint as for solve.
     """
     a = alpha(ts)
     sqrt_a, noise_std, half_log_snr = a.sqrt(), (1 - a).sqrt(), 0.5 * log_snr(ts)
@@ -166,9 +166,9 @@ def _solve_dpmpp2m(model, z, cond, ts, run, callback=None):
             d = (1 + 0.5 / r) * z0 - (0.5 / r) * z0_prev
         return noise_std[i + 1] / noise_std[i] * z - sqrt_a[i + 1] * torch.expm1(-h) * d, z0
 
-    z0_prev = None
+    z0_prev, step = None, _checkpointed(step, checkpoint)
     for i in range(steps):
-        z, z0_prev = run(step, i, z, z0_prev)
+        z, z0_prev = step(i, z, z0_prev)
         if callback:
             callback()
     return z
