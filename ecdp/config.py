@@ -15,11 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from ecdp.choices import GRIDS, PARAMETRIZATIONS, SOLVERS, STAGES
+from ecdp.choices import EVALS_PER_STEP, GRIDS, PARAMETRIZATIONS, SOLVERS, STAGES
 from ecdp.data import AUGMENTS
 from ecdp.errors import UserError
 from ecdp.features import FEATURE_MAPS
-from ecdp.losses import ADJOINT_SOLVERS
 from ecdp.nets import PRESETS
 from ecdp.sampling import SamplerSpec
 
@@ -349,9 +348,9 @@ def _check_value(key, value, source, nullable):
 def _check(config):
     """Raise a UserError for settings that contradict each other."""
     quality = config.quality_stage
-    if quality.adjoint and quality.solver not in ADJOINT_SOLVERS:
+    if quality.adjoint and not quality.sampler.fixed_step:
         raise UserError(f"quality_stage.solver {quality.solver!r} has no adjoint; choose one of "
-                        f"{', '.join(ADJOINT_SOLVERS)} or set quality_stage.adjoint to false.")
+                        f"{', '.join(EVALS_PER_STEP)} or set quality_stage.adjoint to false.")
     scale, crop = config.model.scale, config.data.crop
     if scale < 1 or (crop is not None and (crop < scale or crop % scale)):
         raise UserError(f"data.crop ({crop}) must be a positive multiple of model.scale ({scale}).")

@@ -12,8 +12,6 @@ from ecdp.pipeline import to_image
 from ecdp.sampling import SamplerSpec, solve
 from ecdp.sde import marginal_sample
 
-ADJOINT_SOLVERS = tuple(EVALS_PER_STEP)
-"""The solvers the quality loss can differentiate by the adjoint: every fixed-step one."""
 
 
 def batch_noise(draw, shape, *, generator=None, batch_slice=(0, 1), dtype=None, device=None):
@@ -56,9 +54,9 @@ def quality_loss(net, y, x, mu, sigma, cond, feature, *, sampler=SamplerSpec(), 
     (``solve(..., checkpoint=True)``: the discrete adjoint, the same gradient with the memory of one
     step; fixed-step solvers only, else ValueError). z1 is drawn by batch_noise (eq. 12).
     """
-    if adjoint and sampler.solver not in ADJOINT_SOLVERS:
-        raise ValueError(f"the adjoint supports the solvers {', '.join(ADJOINT_SOLVERS)}, not {sampler.solver!r}; "
-                         "use adjoint=False for the others")
+    if adjoint and not sampler.fixed_step:
+        raise ValueError(f"the adjoint needs a fixed-step solver ({', '.join(EVALS_PER_STEP)}), not "
+                         f"{sampler.solver!r}; use adjoint=False for it")
     cond = net.encode(y, x.shape[-2:]) if cond is None else cond
     z1 = batch_noise(torch.randn, x.shape, generator=generator, batch_slice=batch_slice, dtype=x.dtype,
                      device=x.device)
