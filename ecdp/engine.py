@@ -20,6 +20,7 @@ import contextlib
 import copy
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -39,7 +40,8 @@ class CachedDenoiser(nn.Module):
     gets its inputs in that dtype. Either way eps_hat and z0_hat come back in fp32.
     """
 
-    def __init__(self, net, *, dtype=None, channels_last=False, compile_mode=None):
+    def __init__(self, net: nn.Module, *, dtype: torch.dtype | None = None, channels_last: bool = False,
+                 compile_mode: str | None = None):
         super().__init__()
         self.net, self.dtype, self.channels_last = net, dtype, channels_last
         if channels_last:
@@ -55,7 +57,7 @@ class CachedDenoiser(nn.Module):
     def _layout(self, x):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def encode(self, y, hr_size):
+    def encode(self, y: torch.Tensor, hr_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         """Per-block conditioning for the LR batch y (as ``ECDPNet.encode``), valid for every t of the
         solve, in the denoiser's dtype."""
         with self._autocast(y.device):
@@ -64,7 +66,8 @@ class CachedDenoiser(nn.Module):
                 features = features.to(self.weight_dtype)
             return self.net.denoiser.block_conditioning(features, hr_size)
 
-    def forward(self, z_t, t, cond):
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: tuple[torch.Tensor, ...]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast(z_t.device):
             eps_hat, z0_hat = self.denoiser(self._layout(z_t.to(self.weight_dtype)), t, cond)
         return eps_hat.float(), z0_hat.float()
@@ -118,7 +121,7 @@ def cpu_network(net: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module
 class CachedUpscale:
     """mu(y) with the resize matrices kept on the device (no host copies inside a CUDA graph)."""
 
-    def __init__(self, scale):
+    def __init__(self, scale: int):
         self.scale, self.matrices = scale, {}
 
     def _matrix(self, n, like):
@@ -127,11 +130,12 @@ class CachedUpscale:
             self.matrices[key] = resize_matrix(n, n * self.scale, dtype=like.dtype, device=like.device)
         return self.matrices[key]
 
-    def __call__(self, y):
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
         return self._matrix(y.shape[-2], y) @ y @ self._matrix(y.shape[-1], y).T
 
 
-def fused_solve(denoiser, z1, cond, table, callback=None):
+def fused_solve(denoiser: nn.Module, z1: torch.Tensor, cond: tuple[torch.Tensor, ...], table: tuple,
+                callback: Callable[[], None] | None = None) -> torch.Tensor:
     """z(t_end) of the fixed-step solve laid out in `table` (ode_coef.solver_table, times in z1's dtype).
 
     One network evaluation and one fused ode_update per row; the same steps as ecdp.sampling.solve
@@ -166,8 +170,8 @@ class FastResolver(SuperResolver):
     cuda_graphs with dopri5.
     """
 
-    def __init__(self, denoiser, config, sampler=None, *, fused_ode=None, cuda_graphs=False, max_graphs=4,
-                 precision="fp32"):
+    def __init__(self, denoiser: CachedDenoiser, config, sampler: SamplerSpec | None = None, *,
+                 fused_ode: bool | None = None, cuda_graphs: bool = False, max_graphs: int = 4, precision: str = "fp32"):
         super().__init__(denoiser, config, sampler, upscale=CachedUpscale(config.scale))
         self.engine = "fast"
         self.fused_ode, self.tables, self.precision = fused_ode, {}, precision
@@ -175,14 +179,16 @@ class FastResolver(SuperResolver):
             self.sampler.require_fixed_step("a captured solve")
         self.graphs = GraphedSolve(lambda y, z1: self._solve(y, z1)[0], max_graphs) if cuda_graphs else None
 
-    def uses_fused(self, z1):
+    def uses_fused(self, z1: torch.Tensor) -> bool:
+        """Whether a solve from z1 runs fused_solve."""
         if not self.sampler.fixed_step:
             return False
         if self.fused_ode is None:
             return z1.is_cuda and kernels.enabled() and kernels.triton_available()
         return self.fused_ode
 
-    def table(self, z1):
+    def table(self, z1: torch.Tensor) -> tuple:
+        """The solver table (ode_coef.solver_table) on z1's device, times in its dtype."""
         key = (z1.device, z1.dtype)
         if key not in self.tables:
             ts = self.sampler.times(dtype=z1.dtype, device=z1.device)
@@ -190,7 +196,8 @@ class FastResolver(SuperResolver):
             self.tables[key] = stages, t.to(z1.dtype), coef
         return self.tables[key]
 
-    def latent(self, y, z1, callback=None):
+    def latent(self, y: torch.Tensor, z1: torch.Tensor, callback: Callable[[], None] | None = None
+               ) -> tuple[torch.Tensor, int | None]:
         if self.graphs is None or not z1.is_cuda:
             return self._solve(y, z1, callback)
         z = self.graphs(y, z1)
@@ -206,7 +213,8 @@ class FastResolver(SuperResolver):
         return solve(self.model, z1, cond, self.sampler, callback=callback)
 
 
-def fast_resolver(net, config, sampler=None, *, dtype=None, channels_last=False, compile_mode=None, **options):
+def fast_resolver(net: nn.Module, config, sampler: SamplerSpec | None = None, *, dtype: torch.dtype | None = None,
+                  channels_last: bool = False, compile_mode: str | None = None, **options) -> FastResolver:
     """A FastResolver whose denoiser is the cached (and optionally compiled) one; dtype is autocast's;
     options as for FastResolver."""
     denoiser = CachedDenoiser(net, dtype=dtype, channels_last=channels_last,
@@ -214,7 +222,8 @@ def fast_resolver(net, config, sampler=None, *, dtype=None, channels_last=False,
     return FastResolver(denoiser, config, sampler, **options)
 
 
-def fast_engine(net, config, device, sampler=None, *, precision="auto", compile_mode=None):
+def fast_engine(net: nn.Module, config, device: torch.device | str, sampler: SamplerSpec | None = None, *,
+                precision: str = "auto", compile_mode: str | None = None) -> FastResolver:
     """The FastResolver every entry point runs on `device`, its precision in ``.precision``.
 
     precision "auto" is "bf16" on CUDA and on CPUs with bf16 arithmetic (native_bf16), else
@@ -267,12 +276,12 @@ class GraphedSolve:
     LRU keeps the sets; a lock serializes the callers of one instance.
     """
 
-    def __init__(self, fn, max_graphs=4, warmup=2):
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], max_graphs: int = 4, warmup: int = 2):
         self.fn, self.max_graphs, self.warmup = fn, max_graphs, warmup
         self.graphs = collections.OrderedDict()
         self.lock = threading.Lock()
 
-    def __call__(self, y, z1):
+    def __call__(self, y: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         key = (tuple(y.shape), y.dtype, y.device)
         with self.lock:
             if key not in self.graphs:

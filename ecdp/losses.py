@@ -3,8 +3,10 @@
 ``net(z_t, t, cond) -> (eps_hat, z0_hat)`` is the denoiser contract; ``z0 = (x - mu) / sigma``.
 """
 import functools
+from typing import Callable
 
 import torch
+from torch import nn
 
 from ecdp.choices import EVALS_PER_STEP
 from ecdp.parametrization import HybridDenoiser
@@ -14,7 +16,9 @@ from ecdp.sde import marginal_sample
 
 
 
-def batch_noise(draw, shape, *, generator=None, batch_slice=(0, 1), dtype=None, device=None):
+def batch_noise(draw: Callable, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
+                batch_slice: tuple[int, int] = (0, 1), dtype: torch.dtype | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
     """draw(shape) (torch.rand or torch.randn) for this process's part of a global batch.
 
     batch_slice (rank, world): the batch of `shape[0]` samples is the rank-th of `world` equal parts
@@ -27,8 +31,9 @@ def batch_noise(draw, shape, *, generator=None, batch_slice=(0, 1), dtype=None, 
     return full[rank * shape[0]:(rank + 1) * shape[0]]
 
 
-def score_matching_loss(net, z0, cond, *, t_eps=1e-5, generator=None, batch_slice=(0, 1),
-                        param_weights=(1.0, 1.0)):
+def score_matching_loss(net: Callable, z0: torch.Tensor, cond: tuple[torch.Tensor, ...], *, t_eps: float = 1e-5,
+                        generator: torch.Generator | None = None, batch_slice: tuple[int, int] = (0, 1),
+                        param_weights: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
     """Eq. 16: mean over pixels of w_eps |eps_hat - eps|^2 + w_z0 |z0_hat - z0|^2.
 
     t ~ U[t_eps, 1] per sample, eps ~ N(0, I), z_t = sqrt(a) z0 + sqrt(1 - a) eps; param_weights
@@ -43,8 +48,10 @@ def score_matching_loss(net, z0, cond, *, t_eps=1e-5, generator=None, batch_slic
     return w_eps * (eps_hat - eps).square().mean() + w_z0 * (z0_hat - z0).square().mean()
 
 
-def quality_loss(net, y, x, mu, sigma, cond, feature, *, sampler=SamplerSpec(), param="hybrid", c=1.0,
-                 adjoint=True, generator=None, batch_slice=(0, 1)):
+def quality_loss(net: nn.Module, y: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, sigma: float,
+                 cond: tuple[torch.Tensor, ...] | None, feature: Callable[[torch.Tensor], torch.Tensor], *,
+                 sampler: SamplerSpec = SamplerSpec(), param: str = "hybrid", c: float = 1.0, adjoint: bool = True,
+                 generator: torch.Generator | None = None, batch_slice: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Eq. 19: mean |F(SR) - F(x)|, SR = to_image(mu, sigma, z_end), z_end the probability-flow
     solve of `sampler` from z1 ~ N(0, I) at t = 1.
 

@@ -5,6 +5,7 @@
 engine (``ecdp.engine.FastResolver``) is a SuperResolver, and the exporters trace one.
 """
 import functools
+from typing import Callable
 
 import torch
 from torch import nn
@@ -29,7 +30,8 @@ class SuperResolver(nn.Module):
 
     engine, precision = "reference", "fp32"
 
-    def __init__(self, net, config, sampler: SamplerSpec | None = None, *, upscale=None):
+    def __init__(self, net: nn.Module, config, sampler: SamplerSpec | None = None, *,
+                 upscale: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__()
         self.net = net
         self.upscale = upscale or functools.partial(upscale_bicubic, scale=config.scale)
@@ -41,12 +43,14 @@ class SuperResolver(nn.Module):
         """Shape of the prior sample z1 for an LR batch y."""
         return (y.shape[0], 3, y.shape[-2] * self.scale, y.shape[-1] * self.scale)
 
-    def latent(self, y: torch.Tensor, z1: torch.Tensor, callback=None):
+    def latent(self, y: torch.Tensor, z1: torch.Tensor, callback: Callable[[], None] | None = None
+               ) -> tuple[torch.Tensor, int | None]:
         """(z(t_end), nfe): the probability-flow solve from z1, conditioned on y's encoder features;
         callback as for ``ecdp.sampling.solve``."""
         return solve(self.model, z1, self.net.encode(y, z1.shape[-2:]), self.sampler, callback=callback)
 
-    def run(self, y: torch.Tensor, z1: torch.Tensor, mu: torch.Tensor | None = None, callback=None):
+    def run(self, y: torch.Tensor, z1: torch.Tensor, mu: torch.Tensor | None = None,
+            callback: Callable[[], None] | None = None) -> tuple[torch.Tensor, int | None]:
         """(x, nfe) for LR images y (B, 3, h, w) in [0, 1] and prior noise z1 (B, 3, s h, s w).
 
         mu defaults to upscale(y); a caller that solves part of an image passes that part's mu of

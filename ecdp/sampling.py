@@ -7,6 +7,7 @@ and never synchronize with the host inside the step loop.
 """
 import dataclasses
 import functools
+from typing import Callable
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +79,8 @@ class SamplerSpec:
         return time_grid(self.steps, t_end=self.t_end, spacing=self.grid, dtype=dtype, device=device)
 
 
-def solve(model, z1: torch.Tensor, cond, sampler: SamplerSpec, *, callback=None, checkpoint: bool = False):
+def solve(model: Callable, z1: torch.Tensor, cond, sampler: SamplerSpec, *, callback: Callable[[], None] | None = None,
+          checkpoint: bool = False) -> tuple[torch.Tensor, int | None]:
     """Integrate the probability-flow ODE from z1 (B, C, H, W) at t = 1 down to sampler.t_end;
     return (z_end, nfe), z_end like z1.
 
@@ -112,7 +114,7 @@ def _checkpointed(fn, checkpoint):
     return functools.partial(torch.utils.checkpoint.checkpoint, fn, use_reentrant=False) if checkpoint else fn
 
 
-def drift_fn(model, cond):
+def drift_fn(model: Callable, cond) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The probability-flow drift f(z, t) of the model's noise estimate, conditioned on cond, for a scalar t."""
     def drift(z, t):
         t = t.expand(z.shape[0])
@@ -120,18 +122,21 @@ def drift_fn(model, cond):
     return drift
 
 
-def euler_step(f, z, t, s):
+def euler_step(f: Callable, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """One Euler step of dz/dt = f(z, t) from t to s."""
     return z + (s - t) * f(z, t)
 
 
-def heun_step(f, z, t, s):
+def heun_step(f: Callable, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """One Heun (explicit trapezoidal, 2 evaluations) step from t to s."""
     h = s - t
     k1 = f(z, t)
     k2 = f(z + h * k1, s)
     return z + 0.5 * h * (k1 + k2)
 
 
-def rk4_step(f, z, t, s):
+def rk4_step(f: Callable, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """One classical Runge-Kutta step (4 evaluations) from t to s."""
     h = s - t
     k1 = f(z, t)
     k2 = f(z + 0.5 * h * k1, t + 0.5 * h)

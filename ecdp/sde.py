@@ -12,17 +12,17 @@ BETA_MIN = 0.1
 BETA_MAX = 20.0
 
 
-def beta(t):
+def beta(t: torch.Tensor) -> torch.Tensor:
     """Linear noise rate beta(t) = BETA_MIN + t (BETA_MAX - BETA_MIN)."""
     return BETA_MIN + t * (BETA_MAX - BETA_MIN)
 
 
-def alpha(t):
+def alpha(t: torch.Tensor) -> torch.Tensor:
     """alpha(t) = exp(-int_0^t beta(s) ds), eq. 11."""
     return torch.exp(-BETA_MIN * t - 0.5 * (BETA_MAX - BETA_MIN) * t**2)
 
 
-def marginal_sample(z0, t, eps):
+def marginal_sample(z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """z_t = sqrt(alpha) z_0 + sqrt(1 - alpha) eps: eq. 9, 10 and 17 in z."""
     a = _per_sample(alpha(t), z0)
     return a.sqrt() * z0 + (1 - a).sqrt() * eps
@@ -31,7 +31,8 @@ def marginal_sample(z0, t, eps):
 NOISE_BLOCK = 512
 
 
-def seeded_prior(seed, shape, region=None, *, device=None):
+def seeded_prior(seed: int, shape: tuple[int, int, int, int], region: tuple[int, int, int, int] | None = None, *,
+                 device: torch.device | str | None = None) -> torch.Tensor:
     """The prior sample z(1) ~ N(0, I) (eq. 12) of an image batch as a function of the seed and the position.
 
     shape is (B, C, H, W) in HR pixels; region (top, left, height, width) selects a part of it
@@ -66,7 +67,7 @@ def _block_generator(seed, sample, row, col):
     return torch.Generator().manual_seed(int(state))
 
 
-def probability_flow_drift(z, t, eps_hyb):
+def probability_flow_drift(z: torch.Tensor, t: torch.Tensor, eps_hyb: torch.Tensor) -> torch.Tensor:
     """dz/dt = -beta(t)/2 (z - eps_hyb / sqrt(1 - alpha(t))): eq. 13 in z.
 
     The score in x is -eps_hyb / (sigma sqrt(1 - alpha)), so sigma^2 s_theta of eq. 13
@@ -77,20 +78,21 @@ def probability_flow_drift(z, t, eps_hyb):
     return -0.5 * b * (z - eps_hyb / (1 - a).sqrt())
 
 
-def log_snr(t):
+def log_snr(t: torch.Tensor) -> torch.Tensor:
     """log(alpha / (1 - alpha)), decreasing in t."""
     a = alpha(t)
     return torch.log(a) - torch.log1p(-a)
 
 
-def t_from_log_snr(log_snr_value):
+def t_from_log_snr(log_snr_value: torch.Tensor) -> torch.Tensor:
     """Inverse of log_snr: solve BETA_MIN t + (BETA_MAX - BETA_MIN) t^2 / 2 = log(1 + e^-log_snr)."""
     c = torch.nn.functional.softplus(-log_snr_value)
     d = BETA_MAX - BETA_MIN
     return 2 * c / (BETA_MIN + torch.sqrt(BETA_MIN**2 + 2 * d * c))
 
 
-def time_grid(steps, *, t_end=1e-3, spacing="uniform", dtype=torch.float64, device=None):
+def time_grid(steps: int, *, t_end: float = 1e-3, spacing: str = "uniform", dtype: torch.dtype = torch.float64,
+              device: torch.device | str | None = None) -> torch.Tensor:
     """Decreasing times t_0 = 1 > ... > t_steps = t_end, uniform in t or in log-SNR.
 
     Built on `device` from Python scalars: no host-to-device copy, so it can run inside a CUDA graph.

@@ -8,11 +8,12 @@ are solved one at a time, so the network and the noise never take more than one 
 full-size buffer is the blended result.
 """
 import math
+from typing import Callable
 
 import torch
 
 
-def tile_starts(size, tile, overlap):
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of length `tile` covering `size`, evenly spread, overlapping by at least `overlap`."""
     if size <= tile:
         return [0]
@@ -20,13 +21,14 @@ def tile_starts(size, tile, overlap):
     return [round(i * (size - tile) / (count - 1)) for i in range(count)]
 
 
-def tile_grid(height, width, tile, overlap):
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """(row index, column index, top, left) of every tile of an LR image, row by row."""
     rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
     return [(i, j, top, left) for i, top in enumerate(rows) for j, left in enumerate(cols)]
 
 
-def sample_tiled(solve_region, size, scale, tile, overlap):
+def sample_tiled(solve_region: Callable, size: tuple[int, int], scale: int, tile: int, overlap: int
+                 ) -> tuple[torch.Tensor, int]:
     """Blend solve_region(top, left, height, width) -> (x, nfe) over the tiles of an LR image; return (x, total nfe).
 
     size is the LR (height, width); a region is in LR pixels and x (B,C,scale height,scale width)

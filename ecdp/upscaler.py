@@ -5,6 +5,7 @@ from the seeded prior noise of its region; the U-Net's size multiple is met by p
 """
 import functools
 import threading
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ class Upscaler:
     UserError for a bad device name or tile.
     """
 
-    def __init__(self, resolver, *, device="cpu", seed: int = 0, tile: int | None = None,
+    def __init__(self, resolver, *, device: torch.device | str = "cpu", seed: int = 0, tile: int | None = None,
                  overlap: int | None = None):
         self.resolver, self.device, self.seed = resolver, _device(device), seed
         self.tile, self.overlap = _tiling(tile, overlap, resolver.lr_multiple)
@@ -49,8 +50,10 @@ class Upscaler:
         self.last_nfe = 0
 
     @classmethod
-    def from_model(cls, net, config, *, device="cpu", solver=None, steps=None, grid=None, atol=None, rtol=None,
-                   engine=DEFAULT_ENGINE, precision="auto", compile=False, **options) -> "Upscaler":
+    def from_model(cls, net: torch.nn.Module, config, *, device: torch.device | str = "cpu", solver: str | None = None,
+                   steps: int | None = None, grid: str | None = None, atol: float | None = None,
+                   rtol: float | None = None, engine: str = DEFAULT_ENGINE, precision: str = "auto",
+                   compile: bool = False, **options) -> "Upscaler":
         """The Upscaler of a network and its ModelConfig.
 
         solver, steps, grid, atol and rtol override the config's sampler (``SamplerSpec.of``).
@@ -72,7 +75,7 @@ class Upscaler:
         return cls(_resolver(net, config, sampler, device, engine, precision, compile), device=device, **options)
 
     @classmethod
-    def from_pretrained(cls, path, device="cpu", **options) -> "Upscaler":
+    def from_pretrained(cls, path: str, device: torch.device | str = "cpu", **options) -> "Upscaler":
         """The Upscaler of a model folder ("default": the built-in model); options as for from_model."""
         net, config = load_model(resolve_model(path))
         return cls.from_model(net, config, device=device, **options)
@@ -97,7 +100,7 @@ class Upscaler:
         """The network precision the resolver runs: "fp32" or "bf16"."""
         return self.resolver.precision
 
-    def upscale(self, image):
+    def upscale(self, image: "Image.Image | np.ndarray | torch.Tensor") -> "Image.Image | np.ndarray | torch.Tensor":
         """Super-resolve a PIL image, an array or a (B,3,h,w) float tensor in [0, 1].
 
         Arrays are HxW, HxWx3 or HxWx4, of uint8, uint16 or float32/float64 in [0, 1]. Returns the
@@ -116,7 +119,7 @@ class Upscaler:
             return self.sample(image).to(image.device, image.dtype)
         raise TypeError(f"cannot upscale a {type(image).__name__}; pass a PIL image, a numpy array or a tensor")
 
-    def sample(self, y, progress=None):
+    def sample(self, y: torch.Tensor, progress: Callable | None = None) -> torch.Tensor:
         """Super-resolve y (B,3,h,w) in [0, 1]; the network evaluations it took are kept in last_nfe.
 
         progress, when given, is called once as ``progress(total, unit=...)`` and returns a counter

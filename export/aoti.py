@@ -12,7 +12,7 @@ from ecdp.export.graphs import example_inputs, export_program, load_resolver, me
 from ecdp.fileio import atomic_path
 
 
-def export_aoti(model, path, spec, device="cpu"):
+def export_aoti(model: str, path: str, spec, device: str = "cpu") -> list[str]:
     """Compile the full solve of a model folder into the package `path` (atomically); return [path]."""
     if not str(path).endswith(".pt2"):
         raise UserError(f"an AOTInductor package is a .pt2 file; {path} does not end in .pt2.")

@@ -31,7 +31,7 @@ class ExportSpec:
     precision: str = "fp32"
 
 
-def load_resolver(model, spec, device="cpu"):
+def load_resolver(model: str, spec: ExportSpec, device: str = "cpu") -> SuperResolver:
     """The SuperResolver of a model folder (or "default") with the sampler of `spec`, checked;
     raises UserError for a sampler or size that cannot be exported."""
     net, config = load_model(resolve_model(model), device)
@@ -53,13 +53,13 @@ def _size(hw):
     return f"{hw[0]}x{hw[1]}"
 
 
-def example_inputs(resolver, spec, device="cpu"):
+def example_inputs(resolver: SuperResolver, spec: ExportSpec, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(lr, noise) of the exported shapes; their values do not matter for tracing."""
     lr = torch.zeros(spec.batch, 3, *spec.lr_size, device=device)
     return lr, torch.zeros(resolver.noise_shape(lr), device=device)
 
 
-def metadata(resolver, spec):
+def metadata(resolver: SuperResolver, spec: ExportSpec) -> dict[str, str]:
     """String key-value pairs stored in every exported file."""
     sampler = resolver.sampler
     return {"ecdp.scale": str(resolver.scale), "ecdp.sigma": repr(float(resolver.sigma)),
@@ -67,12 +67,12 @@ def metadata(resolver, spec):
             "ecdp.lr_size": _size(spec.lr_size), "ecdp.batch": str(spec.batch), "ecdp.precision": spec.precision}
 
 
-def step_times(resolver):
+def step_times(resolver: SuperResolver) -> list[float]:
     """The decreasing float32 times t_0 = 1 > ... > t_steps that a host loop feeds to the step graph."""
     return resolver.sampler.times().to(torch.float32).tolist()
 
 
-def export_program(module, args):
+def export_program(module: nn.Module, args: tuple) -> torch.export.ExportedProgram:
     """torch.export of `module` on `args` (static shapes), without autograd."""
     with torch.no_grad():
         return torch.export.export(module, args, strict=False)

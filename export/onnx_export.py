@@ -27,8 +27,8 @@ import onnx
 import torch
 
 from ecdp import console
-from ecdp.export.graphs import (EncoderGraph, StepGraph, example_inputs, export_program, load_resolver, metadata,
-                                step_times)
+from ecdp.export.graphs import (EncoderGraph, ExportSpec, StepGraph, example_inputs, export_program, load_resolver,
+                                metadata, step_times)
 from ecdp.fileio import atomic_path
 from ecdp.pipeline import to_image
 
@@ -36,7 +36,7 @@ OPSET = 18
 BF16_OPSET = 22
 
 
-def export_onnx(model, path, spec, graph="full"):
+def export_onnx(model: str, path: str | Path, spec: ExportSpec, graph: str = "full") -> list[Path]:
     """Write the ONNX graph(s) of a model folder; return the paths written.
 
     graph "full": inputs (lr, noise), output sr. graph "step": ``path`` holds the step graph
@@ -64,13 +64,14 @@ def export_onnx(model, path, spec, graph="full"):
     return [encoder_path(path), path]
 
 
-def encoder_path(path):
+def encoder_path(path: str | Path) -> Path:
     """Where the encoder graph of a step-graph export goes: out.onnx -> out.encoder.onnx."""
     path = Path(path)
     return path.with_name(f"{path.stem}.encoder{path.suffix}")
 
 
-def write_onnx(module, args, input_names, output_names, path, props, opset=OPSET):
+def write_onnx(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str], path: Path,
+               props: dict[str, str], opset: int = OPSET) -> None:
     """Export `module` on `args` to ONNX at `path` (atomically), with metadata `props`."""
     with console.stage(f"tracing {path.name} (torch.export)"):
         program = export_program(module, args)
@@ -84,7 +85,7 @@ def write_onnx(module, args, input_names, output_names, path, props, opset=OPSET
         onnx.save(proto, str(tmp))
 
 
-def run_step_graphs(encoder, step, lr, noise):
+def run_step_graphs(encoder, step, lr: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """sr for numpy (lr, noise): the host loop over onnxruntime sessions of an encoder and a step graph."""
     meta = step.get_modelmeta().custom_metadata_map
     times, sigma = json.loads(meta["ecdp.time_grid"]), np.float32(meta["ecdp.sigma"])

@@ -33,7 +33,8 @@ def import_tensorrt():
     return tensorrt
 
 
-def export_plan(model, path, spec, *, workspace_gib=4.0, timing_cache=None):
+def export_plan(model: str, path: str | Path, spec, *, workspace_gib: float = 4.0,
+                timing_cache: str | Path | None = None) -> list[Path]:
     """Build the TensorRT plan of a model folder's full graph, or of an .onnx file; return [path]."""
     import_tensorrt()
     if Path(model).suffix == ".onnx":
@@ -45,7 +46,8 @@ def export_plan(model, path, spec, *, workspace_gib=4.0, timing_cache=None):
         return build_plan(onnx_path, path, workspace_gib=workspace_gib, timing_cache=timing_cache)
 
 
-def build_plan(onnx_path, path, *, workspace_gib=4.0, timing_cache=None):
+def build_plan(onnx_path: str | Path, path: str | Path, *, workspace_gib: float = 4.0,
+               timing_cache: str | Path | None = None) -> list[Path]:
     """Write the TensorRT plan of an ONNX file to `path`; read and update a timing cache file."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -95,7 +97,7 @@ class TensorRTResolver:
 
     engine, lr_multiple, precision = "tensorrt", 1, "as exported"
 
-    def __init__(self, plan_path):
+    def __init__(self, plan_path: str | Path):
         trt = import_tensorrt()
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.cuda_engine = runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
@@ -106,7 +108,8 @@ class TensorRTResolver:
         self.scale = self.shapes["sr"][-1] // self.shapes["lr"][-1]
         self.sampler = None
 
-    def run(self, y, z1, mu=None, callback=None):
+    def run(self, y: torch.Tensor, z1: torch.Tensor, mu: torch.Tensor | None = None, callback=None
+            ) -> tuple[torch.Tensor, None]:
         """(x, None) for y of the plan's LR shape and its prior noise z1; mu must be None."""
         if tuple(y.shape) != self.shapes["lr"]:
             raise UserError(f"this plan takes LR batches of shape {self.shapes['lr']}, got {tuple(y.shape)}.")
@@ -120,7 +123,7 @@ class TensorRTResolver:
         return tensors["sr"], None
 
 
-def tensorrt_upscaler(plan_path, *, seed=0) -> Upscaler:
+def tensorrt_upscaler(plan_path: str | Path, *, seed: int = 0) -> Upscaler:
     """An ``Upscaler`` around a TensorRT plan of the full graph (``TensorRTResolver``), on CUDA.
 
     Images must have the plan's LR size and batch. The prior noise is drawn as for any Upscaler,
