@@ -210,7 +210,8 @@ def resolve_model(path):
     if str(path) != "default":
         return Path(path)
     if not (DEFAULT_MODEL / CONFIG).is_file():
-        raise ModelFileError("no built-in default model is installed yet; pass a model folder (--checkpoint PATH).")
+        raise ModelFileError(f"the built-in default model is missing from this installation ({DEFAULT_MODEL}); "
+                             "reinstall ecdp or pass a model folder (--checkpoint PATH).")
     return DEFAULT_MODEL
 
 

@@ -63,8 +63,8 @@ def test_missing_default_model_is_one_sentence(tmp_path, capsys, monkeypatch):
     src = tmp_path / "in.png"
     Image.fromarray(random_uint8((8, 8, 3))).save(src)
     assert main(["upscale", str(src), "-o", str(tmp_path / "out")]) == 1
-    assert one_line(capsys) == ("ecdp upscale: error: no built-in default model is installed yet; "
-                                "pass a model folder (--checkpoint PATH).")
+    assert one_line(capsys) == (f"ecdp upscale: error: the built-in default model is missing from this installation "
+                                f"({tmp_path / 'not-installed'}); reinstall ecdp or pass a model folder (--checkpoint PATH).")
 
 
 @pytest.mark.parametrize("mode, out_mode", [("L", "L"), ("RGBA", "RGBA"), ("P", "RGB"), ("I;16", "I;16")])

@@ -159,9 +159,9 @@ def test_last_nfe_of_adaptive_solver(model):
     assert up.last_nfe == len(up.resolver.net.denoised) > 0
 
 
-def test_default_model_is_not_installed_yet(tmp_path, monkeypatch):
+def test_missing_built_in_model_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setattr("ecdp.modelfile.DEFAULT_MODEL", tmp_path / "not-installed")
-    with pytest.raises(UserError, match="no built-in default model is installed yet; pass a model folder"):
+    with pytest.raises(UserError, match="built-in default model is missing from this installation .*not-installed"):
         Upscaler.from_pretrained("default")
 
 
