@@ -36,7 +36,7 @@ def test_cpu_engine(benchmark, models, case, path):
     y = photos(height, width, batch)
     sr = measure(benchmark, lambda: upscaler.sample(y), device=CPU, rounds=ROUNDS, warmup=1, batch=batch,
                  model=model, path=path, dtype=upscaler.precision,
-                 solver=f"{upscaler.solver} {upscaler.steps} steps, {upscaler.grid} grid",
+                 solver=f"{upscaler.sampler.solver} {upscaler.sampler.steps} steps, {upscaler.sampler.grid} grid",
                  shape=shape_text(y.shape, (batch, 3, height * config.scale, width * config.scale)))
     benchmark.extra_info.update(comparison=case, nfe=upscaler.last_nfe)
     if path == "reference":
