@@ -21,19 +21,19 @@ class Logger : public nvinfer1::ILogger {
 
 std::vector<int64_t> shape_of(const nvinfer1::ICudaEngine& engine, const char* name) {
   auto dims = engine.getTensorShape(name);
-  if (dims.nbDims < 0) throw std::runtime_error(std::string("the engine has no tensor named ") + name);
+  if (dims.nbDims < 0) throw std::runtime_error(std::string("the plan has no tensor named ") + name);
   return std::vector<int64_t>(dims.d, dims.d + dims.nbDims);
 }
 
-class EngineModel : public Model {
+class PlanModel : public Model {
  public:
-  explicit EngineModel(const std::string& path) {
+  explicit PlanModel(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw std::runtime_error(path + ": cannot open the file");
     std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     runtime_.reset(nvinfer1::createInferRuntime(logger_));
     engine_.reset(runtime_->deserializeCudaEngine(bytes.data(), bytes.size()));
-    if (!engine_) throw std::runtime_error(path + ": not an engine that this TensorRT can run");
+    if (!engine_) throw std::runtime_error(path + ": not a plan that this TensorRT can run");
     context_.reset(engine_->createExecutionContext());
     lr_shape_ = shape_of(*engine_, "lr");
     noise_shape_ = shape_of(*engine_, "noise");
@@ -52,9 +52,9 @@ class EngineModel : public Model {
     context_->setTensorAddress("noise", noise_gpu.data_ptr());
     context_->setTensorAddress("sr", sr.data_ptr());
     if (!context_->enqueueV3(c10::cuda::getCurrentCUDAStream().stream())) {
-      throw std::runtime_error("TensorRT failed to run the engine");
+      throw std::runtime_error("TensorRT failed to run the plan");
     }
-    return sr.to(torch::kCPU);  // waits for the engine: the copy is on the same stream
+    return sr.to(torch::kCPU);  // waits for the plan's work: the copy is on the same stream
   }
 
  private:
@@ -67,6 +67,6 @@ class EngineModel : public Model {
 
 }  // namespace
 
-std::unique_ptr<Model> load_plan(const std::string& path) { return std::make_unique<EngineModel>(path); }
+std::unique_ptr<Model> load_plan(const std::string& path) { return std::make_unique<PlanModel>(path); }
 
 }  // namespace ecdp

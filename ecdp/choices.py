@@ -20,8 +20,8 @@ STAGES = ("encoder", "score", "quality")
 """Training stages: the L1 encoder regressor, score matching (eq. 16), and the quality loss (eq. 19)."""
 
 ENGINES = ("fast", "reference")
-"""How a solve runs: "fast" (conditioning cache; channels_last on the CPU; bf16 on a GPU and on
-CPUs with bf16 arithmetic; CUDA graphs on a GPU) or "reference" (the plain method, fp32)."""
+"""How a solve runs: "fast" (channels_last on the CPU; bf16 on a GPU and on CPUs with bf16
+arithmetic; CUDA graphs on a GPU) or "reference" (the plain method, fp32)."""
 
 DEFAULT_ENGINE = "fast"
 """The engine of every entry point unless one is asked for: it computes what the reference

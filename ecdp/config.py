@@ -221,11 +221,11 @@ class QualityStage(StageOverrides):
     """Feature map F of the quality loss (ecdp.features): pixel or vgg19."""
     feature_weights: str | None = None
     """Weight file of the feature map (null: its default location, see ecdp.features)."""
-    solver: str = "heun"
+    solver: str = SamplerSpec.solver
     """Fixed-step ODE solver of the sample SR(y) inside the loss."""
-    ode_steps: int = 10
+    ode_steps: int = SamplerSpec.steps
     """Steps of that solver."""
-    grid: str = "logsnr"
+    grid: str = SamplerSpec.grid
     """Time grid of that solver: uniform or logsnr."""
     adjoint: bool = True
     """Gradients through the solve by the adjoint method (memory independent of ode_steps)."""
@@ -240,11 +240,11 @@ class QualityStage(StageOverrides):
 class SampleSection:
     """Default sampler stored in the exported model."""
 
-    solver: str = "heun"
+    solver: str = SamplerSpec.solver
     """ODE solver: dopri5, euler, heun, rk4 or dpmpp2m."""
-    steps: int = 10
+    steps: int = SamplerSpec.steps
     """Steps of a fixed-step solver."""
-    grid: str = "logsnr"
+    grid: str = SamplerSpec.grid
     """Time grid of a fixed-step solver: uniform or logsnr."""
 
     @property

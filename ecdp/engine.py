@@ -1,9 +1,7 @@
 """Fast engines: everything that makes sampling faster plugs in here, behind the denoiser contract.
 
-- ``CachedDenoiser``: the encoder runs once per image and every residual block's conditioning is
-  projected at LR resolution and resized once (exact: both maps are linear); each network
-  evaluation only adds it. Optional autocast (bf16/fp16, fp32 ODE state), channels_last and
-  ``torch.compile``.
+- ``FastDenoiser``: the denoiser contract as the fast engine runs it: autocast (bf16/fp16, fp32
+  ODE state) or the weights' own dtype, channels_last, and ``torch.compile``.
 - ``cpu_network``: the network as the CPU runs it fastest: channels_last (oneDNN's convolutions
   run 1.3-3.5x faster on it than on NCHW here), the denoiser's weights cast once to bf16 on CPUs
   that compute bf16 natively (``native_bf16``), and 1x1 convolutions kept on oneDNN.
@@ -29,12 +27,12 @@ import ecdp.kernels as kernels
 from ecdp.choices import PRECISIONS
 from ecdp.kernels.ode_coef import solver_table
 from ecdp.pipeline import SuperResolver
-from ecdp.resize import resize_matrix
 from ecdp.sampling import SamplerSpec, solve
 
 
-class CachedDenoiser(nn.Module):
-    """The denoiser contract D(z_t, t, cond) with the conditioning computed once per image.
+class FastDenoiser(nn.Module):
+    """The denoiser contract D(z_t, t, cond) of an ECDPNet, with its encode(y, hr_size), as the fast
+    engine runs them.
 
     dtype turns on autocast; a denoiser whose weights are in another dtype than fp32 (cpu_network)
     gets its inputs in that dtype. Either way eps_hat and z0_hat come back in fp32.
@@ -118,22 +116,6 @@ def cpu_network(net: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module
     return net.to(memory_format=torch.channels_last).eval()
 
 
-class CachedUpscale:
-    """mu(y) with the resize matrices kept on the device (no host copies inside a CUDA graph)."""
-
-    def __init__(self, scale: int):
-        self.scale, self.matrices = scale, {}
-
-    def _matrix(self, n, like):
-        key = (n, like.dtype, like.device)
-        if key not in self.matrices:
-            self.matrices[key] = resize_matrix(n, n * self.scale, dtype=like.dtype, device=like.device)
-        return self.matrices[key]
-
-    def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        return self._matrix(y.shape[-2], y) @ y @ self._matrix(y.shape[-1], y).T
-
-
 def fused_solve(denoiser: nn.Module, z1: torch.Tensor, cond: tuple[torch.Tensor, ...], table: tuple,
                 callback: Callable[[], None] | None = None) -> torch.Tensor:
     """z(t_end) of the fixed-step solve laid out in `table` (ode_coef.solver_table, times in z1's dtype).
@@ -170,9 +152,9 @@ class FastResolver(SuperResolver):
     cuda_graphs with dopri5.
     """
 
-    def __init__(self, denoiser: CachedDenoiser, config, sampler: SamplerSpec | None = None, *,
+    def __init__(self, denoiser: FastDenoiser, config, sampler: SamplerSpec | None = None, *,
                  fused_ode: bool | None = None, cuda_graphs: bool = False, max_graphs: int = 4, precision: str = "fp32"):
-        super().__init__(denoiser, config, sampler, upscale=CachedUpscale(config.scale))
+        super().__init__(denoiser, config, sampler)
         self.engine = "fast"
         self.fused_ode, self.tables, self.precision = fused_ode, {}, precision
         if cuda_graphs:
@@ -217,7 +199,7 @@ def fast_resolver(net: nn.Module, config, sampler: SamplerSpec | None = None, *,
                   channels_last: bool = False, compile_mode: str | None = None, **options) -> FastResolver:
     """A FastResolver whose denoiser is the cached (and optionally compiled) one; dtype is autocast's;
     options as for FastResolver."""
-    denoiser = CachedDenoiser(net, dtype=dtype, channels_last=channels_last,
+    denoiser = FastDenoiser(net, dtype=dtype, channels_last=channels_last,
                               compile_mode=compile_mode)
     return FastResolver(denoiser, config, sampler, **options)
 

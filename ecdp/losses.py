@@ -8,7 +8,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ecdp.choices import EVALS_PER_STEP
 from ecdp.parametrization import HybridDenoiser
 from ecdp.pipeline import to_image
 from ecdp.sampling import SamplerSpec, solve
@@ -61,9 +60,8 @@ def quality_loss(net: nn.Module, y: torch.Tensor, x: torch.Tensor, mu: torch.Ten
     (``solve(..., checkpoint=True)``: the discrete adjoint, the same gradient with the memory of one
     step; fixed-step solvers only, else ValueError). z1 is drawn by batch_noise (eq. 12).
     """
-    if adjoint and not sampler.fixed_step:
-        raise ValueError(f"the adjoint needs a fixed-step solver ({', '.join(EVALS_PER_STEP)}), not "
-                         f"{sampler.solver!r}; use adjoint=False for it")
+    if adjoint:   # before anything runs
+        sampler.require_fixed_step("the adjoint (use adjoint=False for dopri5)")
     cond = net.encode(y, x.shape[-2:]) if cond is None else cond
     z1 = batch_noise(torch.randn, x.shape, generator=generator, batch_slice=batch_slice, dtype=x.dtype,
                      device=x.device)

@@ -17,8 +17,10 @@ from ecdp.sampling import SamplerSpec, solve
 
 def to_image(mu: torch.Tensor, sigma: float, z: torch.Tensor) -> torch.Tensor:
     """x = clamp(mu + sigma z, 0, 1): a residual z in normalized space back to an image in [0, 1]
-    (the inverse of eq. 5's z = (x - mu) / sigma); mu and z (B, 3, H, W)."""
-    return (mu + sigma * z).clamp(0, 1)
+    (the inverse of eq. 5's z = (x - mu) / sigma); mu and z (B, 3, H, W). A value that is not
+    finite stays as it is (clamping would turn infinity into 1), so that a broken model shows."""
+    x = mu + sigma * z
+    return torch.where(torch.isfinite(x), x.clamp(0, 1), x)
 
 
 class SuperResolver(nn.Module):
@@ -28,7 +30,7 @@ class SuperResolver(nn.Module):
     the model config's (``SamplerSpec.of(config)``); upscale is mu(y), bicubic by default.
     """
 
-    engine, precision = "reference", "fp32"
+    engine, precision, tiles = "reference", "fp32", True   # tiles: any region can be solved alone
 
     def __init__(self, net: nn.Module, config, sampler: SamplerSpec | None = None, *,
                  upscale: Callable[[torch.Tensor], torch.Tensor] | None = None):

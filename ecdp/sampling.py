@@ -24,8 +24,9 @@ class SamplerSpec:
 
     solver: one of ``ecdp.choices.SOLVERS``; steps: the steps of a fixed-step solver (at least 1;
     dopri5 ignores it); grid: "uniform" in t or "logsnr" (``ecdp.sde.time_grid``); atol, rtol:
-    dopri5's tolerances (> 0); t_end: where the solve stops, in (0, 1). The defaults are the
-    paper's sampler. Raises ValueError, in one sentence, for any value outside those.
+    dopri5's tolerances (> 0); t_end: where the solve stops, in (0, 1). The defaults are those of
+    a model config that names no sampler (``ModelConfig``); the paper samples with an adaptive
+    Runge-Kutta solver (dopri5 here). Raises ValueError, in one sentence, for any value outside those.
     """
 
     solver: str = "heun"

@@ -91,7 +91,7 @@ def t_from_log_snr(log_snr_value: torch.Tensor) -> torch.Tensor:
     return 2 * c / (BETA_MIN + torch.sqrt(BETA_MIN**2 + 2 * d * c))
 
 
-def time_grid(steps: int, *, t_end: float = 1e-3, spacing: str = "uniform", dtype: torch.dtype = torch.float64,
+def time_grid(steps: int, *, spacing: str, t_end: float = 1e-3, dtype: torch.dtype = torch.float64,
               device: torch.device | str | None = None) -> torch.Tensor:
     """Decreasing times t_0 = 1 > ... > t_steps = t_end, uniform in t or in log-SNR.
 

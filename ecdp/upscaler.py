@@ -32,17 +32,21 @@ class Upscaler:
     """Super-resolution with an ECDP model; the same seed gives the same image on the same device.
 
     Pads and tiles images around one ``resolver.run(y, z1, mu) -> (x, nfe)`` (``ecdp.pipeline.
-    SuperResolver`` or anything with its ``run``, ``scale``, ``lr_multiple``, ``sampler`` and
-    ``precision``), drawing the seeded prior noise of each region. ``Upscaler.from_model`` and
-    ``from_pretrained`` build the resolver. tile (LR pixels) turns on tiled sampling for larger
-    images, with neighbouring tiles overlapping by at least `overlap` LR pixels (default
-    tile // 4); without it, images of more than AUTO_TILE_ABOVE LR pixels are sampled in tiles
-    of AUTO_TILE. One Upscaler may be shared by several threads: calls are serialized. Raises
-    UserError for a bad device name or tile.
+    SuperResolver``, or anything with its ``run``, ``upscale``, ``scale``, ``lr_multiple``,
+    ``tiles``, ``sampler``, ``engine`` and ``precision``), drawing the seeded prior noise of each
+    region; each tile is mapped to an image (clamped) before the tiles are blended.
+    ``Upscaler.from_model`` and ``from_pretrained`` build the resolver. tile (LR pixels) turns on
+    tiled sampling for larger images, with neighbouring tiles overlapping by at least `overlap` LR
+    pixels (default tile // 4); without it, images of more than AUTO_TILE_ABOVE LR pixels are
+    sampled in tiles of AUTO_TILE; a resolver with ``tiles`` False (one fixed shape) is never
+    tiled. device defaults to that of the resolver's parameters (CPU without any). One Upscaler
+    may be shared by several threads: calls are serialized. Raises UserError for a bad device
+    name or tile.
     """
 
-    def __init__(self, resolver, *, device: torch.device | str = "cpu", seed: int = 0, tile: int | None = None,
-                 overlap: int | None = None):
+    def __init__(self, resolver, *, device: torch.device | str | None = None, seed: int = 0,
+                 tile: int | None = None, overlap: int | None = None):
+        device = device or next((p.device for p in getattr(resolver, "parameters", list)()), "cpu")
         self.resolver, self.device, self.seed = resolver, _device(device), seed
         self.tile, self.overlap = _tiling(tile, overlap, resolver.lr_multiple)
         self.auto_tile = _tiling(AUTO_TILE, overlap, resolver.lr_multiple)
@@ -57,10 +61,9 @@ class Upscaler:
         """The Upscaler of a network and its ModelConfig.
 
         solver, steps, grid, atol and rtol override the config's sampler (``SamplerSpec.of``).
-        engine "fast" (the default, as on every entry point) is ``ecdp.engine.fast_engine``: the
-        conditioning cached, fixed-step solves replayed from CUDA graphs on a GPU, and on the CPU a
-        copy of `net` made by ``ecdp.engine.cpu_network`` (channels_last, 1x1 convolutions on
-        oneDNN); "reference" is the plain method (``SuperResolver``, fp32). precision is the fast
+        engine "fast" (the default, as on every entry point) is ``ecdp.engine.fast_engine``:
+        fixed-step solves replayed from CUDA graphs on a GPU, and on the CPU a copy of `net` made
+        by ``ecdp.engine.cpu_network`` (channels_last, 1x1 convolutions on oneDNN); "reference" is the plain method (``SuperResolver``, fp32). precision is the fast
         engine's network precision: "auto" (bf16 on CUDA and on CPUs with bf16 arithmetic, fp32
         elsewhere), "fp32" or "bf16"; the ODE state stays fp32. compile=True runs the fast
         engine's denoiser through torch.compile. options (seed, tile, overlap) as for Upscaler.
@@ -82,7 +85,7 @@ class Upscaler:
 
     @property
     def sampler(self) -> SamplerSpec | None:
-        """The resolver's sampler (None for a TensorRT engine, which does not record it)."""
+        """The resolver's sampler (None for a TensorRT plan, which does not record it)."""
         return self.resolver.sampler
 
     @property
@@ -97,7 +100,7 @@ class Upscaler:
 
     @property
     def precision(self) -> str:
-        """The network precision the resolver runs: "fp32" or "bf16"."""
+        """The network precision the resolver runs: "fp32" or "bf16" ("as exported" for a TensorRT plan)."""
         return self.resolver.precision
 
     def upscale(self, image: "Image.Image | np.ndarray | torch.Tensor") -> "Image.Image | np.ndarray | torch.Tensor":
@@ -160,6 +163,8 @@ class Upscaler:
 
     def _tiles_for(self, y):
         """(tile, overlap) for the padded LR batch y, or (None, None) to solve it whole."""
+        if not self.resolver.tiles:
+            return None, None
         if self.tile:
             return (self.tile, self.overlap) if max(y.shape[-2:]) > self.tile else (None, None)
         if y.shape[-2] * y.shape[-1] > AUTO_TILE_ABOVE:
@@ -182,7 +187,7 @@ class Upscaler:
         shape = (padded.shape[0], 3, s * padded.shape[-2], s * padded.shape[-1])
         z1 = seeded_prior(self.seed, shape, (s * top, s * left, s * height, s * width), device=self.device)
         region = padded[..., top:top + height, left:left + width]
-        whole = region.shape == y.shape   # mu of the region itself is the image's
+        whole = (top, left, height, width) == (0, 0, *y.shape[-2:])   # then mu of the region is the image's
         mu = None if whole else _region_upscale(self.resolver.upscale, y, top, left, height, width, s)
         return self.resolver.run(region, z1, mu, callback)
 

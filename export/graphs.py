@@ -1,6 +1,6 @@
 """What the exporters trace: the whole fixed-step solve, the encoder, and one solver step.
 
-All three wrap one ``SuperResolver`` whose denoiser is the fast engine's ``CachedDenoiser`` (every
+All three wrap one ``SuperResolver`` whose denoiser is the fast engine's ``FastDenoiser`` (every
 block's conditioning projected and resized once per image), so each exported form computes what
 the Python sampler computes. Shapes are static: the bicubic mu(y) is a pair of constant matrices
 for one LR size.
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ecdp.engine import CachedDenoiser
+from ecdp.engine import FastDenoiser
 from ecdp.errors import UserError
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
@@ -45,7 +45,7 @@ def load_resolver(model: str, spec: ExportSpec, device: str = "cpu") -> SuperRes
     if any(n % config.lr_multiple for n in spec.lr_size):
         raise UserError(f"LR size {_size(spec.lr_size)} times the scale {config.scale} must be a multiple of "
                         f"{config.net.size_multiple} for this network.")
-    denoiser = CachedDenoiser(net, dtype=EXPORT_DTYPES[spec.precision])
+    denoiser = FastDenoiser(net, dtype=EXPORT_DTYPES[spec.precision])
     return SuperResolver(denoiser, config, sampler).eval()
 
 

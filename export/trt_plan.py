@@ -7,6 +7,7 @@ state), so TensorRT never lowers precision on its own. TensorRT 11 builds nothin
 precision builder flags are gone. Shapes are static; the optimization profile pins them.
 """
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -95,7 +96,7 @@ class TensorRTResolver:
     TensorRT cannot run.
     """
 
-    engine, lr_multiple, precision = "tensorrt", 1, "as exported"
+    engine, lr_multiple, precision, tiles = "tensorrt", 1, "as exported", False
 
     def __init__(self, plan_path: str | Path):
         trt = import_tensorrt()
@@ -106,7 +107,7 @@ class TensorRTResolver:
         self.context = self.cuda_engine.create_execution_context()
         self.shapes = {name: tuple(self.cuda_engine.get_tensor_shape(name)) for name in ("lr", "noise", "sr")}
         self.scale = self.shapes["sr"][-1] // self.shapes["lr"][-1]
-        self.sampler = None
+        self.sampler, self.lock = None, threading.Lock()   # one execution context: one run at a time
 
     def run(self, y: torch.Tensor, z1: torch.Tensor, mu: torch.Tensor | None = None, callback=None
             ) -> tuple[torch.Tensor, None]:
@@ -116,10 +117,11 @@ class TensorRTResolver:
         if mu is not None:
             raise ValueError("a TensorRT plan computes mu(y) itself")
         tensors = {"lr": y.contiguous(), "noise": z1.contiguous(), "sr": torch.empty(self.shapes["sr"], device=y.device)}
-        for name, tensor in tensors.items():
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise RuntimeError("TensorRT failed to run the plan.")
+        with self.lock:
+            for name, tensor in tensors.items():
+                self.context.set_tensor_address(name, tensor.data_ptr())
+            if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+                raise RuntimeError("TensorRT failed to run the plan.")
         return tensors["sr"], None
 
 

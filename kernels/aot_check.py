@@ -3,7 +3,7 @@
     python -m ecdp.kernels.aot_check [--arch 90,80] [--json report.json]
 
 No GPU or driver is needed. The launches come from the real code: the fast engine's fused
-fixed-step solve (``ecdp.engine.FastResolver``: encoder, conditioning cache, the denoiser's GroupNorm
+fixed-step solve (``ecdp.engine.FastResolver``: encoder, block conditioning, the denoiser's GroupNorm
 + SiLU at every call site, the ODE update of every stage) runs on meta tensors with the kernels
 recorded instead of run (``ecdp.kernels.launches``). The subset, chosen to cover every distinct
 variant while compiling in about a minute on 2 cores:
@@ -77,7 +77,7 @@ def cases():
 
 def _meta_resolver(case):
     """The fast engine's resolver for `case` on the meta device, with fused ODE updates."""
-    from ecdp.engine import CachedDenoiser, FastResolver
+    from ecdp.engine import FastDenoiser, FastResolver
     from ecdp.modelfile import ModelConfig
     from ecdp.nets import PRESETS, build
     from ecdp.sampling import SamplerSpec
@@ -89,7 +89,7 @@ def _meta_resolver(case):
         if isinstance(module, torch.nn.GroupNorm):
             module.float()
 
-    class CastDenoiser(CachedDenoiser):
+    class CastDenoiser(FastDenoiser):
         """Inputs cast to the network's dtype in place of autocast, which the meta device lacks."""
 
         def encode(self, y, hr_size):

@@ -1,8 +1,7 @@
 """The fast engine's captured region makes no host synchronization and no host-to-device copy.
 
-What GraphedSolve captures in one CUDA graph (encoder, conditioning cache, every stage of every
-fixed-step solver, the latent output), plus the output map x = clamp(mu + sigma z), runs here on
-meta tensors under a dispatch mode that fails on what a capture cannot hold: a read of a device
+What GraphedSolve captures in one CUDA graph (the latent solve: encoder, block conditioning, every
+stage of every fixed-step solver) runs here on meta tensors under a dispatch mode that fails on what a capture cannot hold: a read of a device
 value on the host (.item(), nonzero and other data-dependent shapes) and any tensor on the CPU
 (host data, which only a host-to-device copy could bring in). With Triton installed the kernels'
 launchers run too (their launches recorded, not run), so their code is inside the region.
@@ -97,10 +96,9 @@ def _region(net, solver, steps, *, grid="logsnr", fused_ode=True, channels_last=
     resolver = fast_resolver(net, ModelConfig(sigma=0.2), SamplerSpec(solver=solver, steps=steps, grid=grid), fused_ode=fused_ode, channels_last=channels_last)
     y = torch.empty(2, 3, 8, 8, device="meta")
     z1 = torch.empty(resolver.noise_shape(y), device="meta")
-    resolver.upscale(y)   # mu's resize matrices: built once per size on the device, before any capture
     with torch.inference_mode(), _launchers(), capture_guard():
-        x, nfe = resolver.run(y, z1)
-    assert x.shape == z1.shape
+        z, nfe = resolver.latent(y, z1)
+    assert z.shape == z1.shape
     return nfe
 
 

@@ -27,10 +27,10 @@ def paper_gn_sites(lr=64, channels_last=False):
         net = nets.build("paper").eval()
     hr = (4 * lr, 4 * lr)
     with torch.inference_mode():
-        cond = net.encode(torch.empty(1, 3, lr, lr), hr)
+        cond = net.encode(torch.empty(1, 3, lr, lr, device="meta"), hr)
         nets.group_norm_silu = hook
         try:
-            net.denoiser(torch.empty(1, 3, *hr), torch.empty(1), cond)
+            net.denoiser(torch.empty(1, 3, *hr, device="meta"), torch.empty(1, device="meta"), cond)
         finally:
             nets.group_norm_silu = real
     return sorted(set(sites))

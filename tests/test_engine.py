@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from ecdp.engine import CachedDenoiser, GraphedSolve, fast_resolver
+from ecdp.engine import FastDenoiser, GraphedSolve, fast_resolver
 from ecdp.modelfile import ModelConfig
 from ecdp.nets import ResBlock, build
 from ecdp.sampling import SamplerSpec
@@ -41,7 +41,7 @@ def test_fast_matches_reference_in_fp32(tiny, solver):
 
 def test_cache_holds_one_tensor_per_block(tiny):
     y, _ = _inputs()
-    cache = CachedDenoiser(tiny).encode(y, (4 * y.shape[-2], 4 * y.shape[-1]))
+    cache = FastDenoiser(tiny).encode(y, (4 * y.shape[-2], 4 * y.shape[-1]))
     blocks = [m for m in tiny.denoiser.modules() if isinstance(m, ResBlock)]
     assert len(cache) == len(blocks)
     assert cache[0].shape[-2:] == (48, 48) and cache[-1].shape[-2:] == (48, 48)

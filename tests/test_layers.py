@@ -11,7 +11,7 @@ from test_upscaler import random_uint8, save_tiny_model
 LAYERS = ["upscale_file", "Upscaler.sample", "SuperResolver.run", "solve", "HybridDenoiser.__call__"]
 """The five calls between layers, in order, as the README gives them."""
 WITHIN = {"Upscaler._solve_region", "FastResolver.latent", "FastResolver._solve", "SuperResolver.latent", "heun_step",
-          "drift_fn.<locals>.drift", "CachedDenoiser.forward", "ECDPNet.forward"}
+          "drift_fn.<locals>.drift", "FastDenoiser.forward", "ECDPNet.forward"}
 """The other frames of ecdp's own code on the stack: helpers inside those layers."""
 
 

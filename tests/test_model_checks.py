@@ -67,6 +67,15 @@ def test_non_finite_weights_are_refused_on_load(model, bad):
         load_model(model)
 
 
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_a_solve_that_ends_non_finite_is_an_error_not_a_clamped_image(model, value):
+    """The output map clamps to [0, 1]; it must not turn an infinity into a white (or black) pixel."""
+    up = Upscaler.from_pretrained(model, engine="reference")
+    up.resolver.latent = lambda y, z1, callback=None: (torch.full_like(z1, value), 1)
+    with pytest.raises(UserError, match="the model gave non-finite values"):
+        up.upscale(torch.rand(1, 3, 8, 8))
+
+
 def test_non_finite_output_is_an_error_not_a_black_image(model):
     up = Upscaler.from_pretrained(model, engine="reference")
     with torch.no_grad():

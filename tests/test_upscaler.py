@@ -189,3 +189,27 @@ def test_one_upscaler_shared_by_eight_threads(model):
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(up.sample, inputs))
     assert all(torch.equal(r, e) for r, e in zip(results, expected))
+
+
+class FixedShapeResolver:
+    """A stand-in for a TensorRT plan: one LR shape, mu computed inside, no sampler recorded."""
+
+    scale, lr_multiple, tiles, sampler, engine, precision = 2, 1, False, None, "stand-in", "fp32"
+
+    def __init__(self):
+        self.runs = []
+
+    def run(self, y, z1, mu=None, callback=None):
+        self.runs.append((tuple(y.shape), tuple(z1.shape), mu))
+        return torch.zeros(z1.shape), None
+
+
+def test_a_fixed_shape_resolver_is_never_tiled(monkeypatch):
+    """Neither a tile size nor a large image splits the input of a resolver with tiles=False; it gets
+    the whole image, its noise, and no mu (it computes its own); the device defaults to the CPU."""
+    monkeypatch.setattr("ecdp.upscaler.AUTO_TILE_ABOVE", 16 * 16)
+    resolver = FixedShapeResolver()
+    for up in (Upscaler(resolver, tile=8), Upscaler(resolver)):
+        assert up.device == torch.device("cpu") and up.sampler is None
+        assert up.sample(torch.rand(1, 3, 20, 24)).shape == (1, 3, 40, 48)
+    assert resolver.runs == [((1, 3, 20, 24), (1, 3, 40, 48), None)] * 2

@@ -20,7 +20,7 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     """--engine, --precision, --solver, --steps, --grid and --seed, defaulting to what ``Upscaler`` defaults
     to, and --threads (see set_threads)."""
     parser.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
-                        help=f"fast (conditioning cache; channels_last on the CPU; CUDA graphs on a GPU) or "
+                        help=f"fast (channels_last, and bf16 where native, on the CPU; bf16 and CUDA graphs on a GPU) or "
                              f"reference (default: {DEFAULT_ENGINE})")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the fast engine's network precision: auto is bf16 on a GPU and on CPUs with bf16 "
