@@ -1,6 +1,7 @@
 """Roofline: the device ceilings measured in this run (a device-to-device copy; a large matrix
 product, bf16 on GPU, fp32 on CPU) and one network evaluation of each preset at its benchmark size,
-eager with the conditioning recomputed and with it cached, timed against them."""
+eager with the conditioning recomputed at every evaluation (as a training step does) and with it
+computed once per solve ("cached"), timed against them."""
 import pytest
 import torch
 

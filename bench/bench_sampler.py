@@ -1,7 +1,6 @@
 """Sampler end to end (y, z1) -> SR: the reference (eager fp32; dopri5 at tol 1e-3, or the model's
 fixed-step solver) against the fast engine as the entry points run it (ecdp.engine.fast_engine:
-cached conditioning; on the CPU channels_last, bf16 where the CPU has bf16 arithmetic; bf16 and
-a CUDA graph on GPU) at the same solver, and the fast engine over solvers and NFE."""
+on the CPU channels_last, bf16 where the CPU has bf16 arithmetic; bf16 and CUDA graphs on GPU) at the same solver, and the fast engine over solvers and NFE."""
 import pytest
 import torch
 

@@ -142,9 +142,10 @@ def flop_check(evaluations):
     if "eager" not in paper:
         return []
     lines = [f"FLOP count check, paper preset at 64x64 -> 256x256: {paper['eager']['flops'] / 1e9:.1f} GFLOP per "
-             f"evaluation with the conditioning recomputed (DESIGN.md: {DESIGN_GFLOP})"]
+             f"evaluation with the conditioning recomputed (DESIGN.md: {DESIGN_GFLOP}, which projects it at HR; "
+             f"the network projects it at LR)"]
     if "cached" in paper:
-        lines[0] += f", {paper['cached']['flops'] / 1e9:.1f} with it cached"
+        lines[0] += f", {paper['cached']['flops'] / 1e9:.1f} with it computed once per solve"
     encoder = paper["eager"].get("encoder_flops")
     if encoder:
         lines[0] += (f"; encoder {encoder / 1e9:.1f} GFLOP once per image (DESIGN.md: {DESIGN_ENCODER_GFLOP}, "

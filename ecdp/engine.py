@@ -3,7 +3,7 @@
 - ``FastDenoiser``: the denoiser contract as the fast engine runs it: autocast (bf16/fp16, fp32
   ODE state) or the weights' own dtype, channels_last, and ``torch.compile``.
 - ``cpu_network``: the network as the CPU runs it fastest: channels_last (oneDNN's convolutions
-  run 1.3-3.5x faster on it than on NCHW here), the denoiser's weights cast once to bf16 on CPUs
+  run 1.3-3.6x faster on it than on NCHW here), the denoiser's weights cast once to bf16 on CPUs
   that compute bf16 natively (``native_bf16``), and 1x1 convolutions kept on oneDNN.
 - ``FastResolver``: the fixed-step solve driven by the fused ODE update (``ecdp.kernels.ode_update``)
   over a coefficient table precomputed on the device (``ecdp.kernels.ode_coef.solver_table``):
