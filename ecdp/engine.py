@@ -152,10 +152,11 @@ class FastResolver(SuperResolver):
     cuda_graphs with dopri5.
     """
 
+    engine = "fast"
+
     def __init__(self, denoiser: FastDenoiser, config, sampler: SamplerSpec | None = None, *,
                  fused_ode: bool | None = None, cuda_graphs: bool = False, max_graphs: int = 4, precision: str = "fp32"):
         super().__init__(denoiser, config, sampler)
-        self.engine = "fast"
         self.fused_ode, self.tables, self.precision = fused_ode, {}, precision
         if cuda_graphs:
             self.sampler.require_fixed_step("a captured solve")

@@ -46,8 +46,7 @@ class Upscaler:
 
     def __init__(self, resolver, *, device: torch.device | str | None = None, seed: int = 0,
                  tile: int | None = None, overlap: int | None = None):
-        device = device or next((p.device for p in getattr(resolver, "parameters", list)()), "cpu")
-        self.resolver, self.device, self.seed = resolver, _device(device), seed
+        self.resolver, self.device, self.seed = resolver, _device(device or _parameter_device(resolver)), seed
         self.tile, self.overlap = _tiling(tile, overlap, resolver.lr_multiple)
         self.auto_tile = _tiling(AUTO_TILE, overlap, resolver.lr_multiple)
         self._lock = threading.Lock()
@@ -232,6 +231,12 @@ def _tile_advice(tile):
     if tile:
         return f"pass a smaller tile than {tile} LR pixels (--tile PX) or a smaller image"
     return "sample it in tiles (--tile PX, e.g. --tile 128) to bound memory"
+
+
+def _parameter_device(resolver):
+    """The device of the resolver's first parameter; the CPU for one without parameters."""
+    parameters = resolver.parameters() if isinstance(resolver, torch.nn.Module) else ()
+    return next((p.device for p in parameters), "cpu")
 
 
 def _device(name):
