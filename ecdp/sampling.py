@@ -5,7 +5,6 @@ around the denoiser contract. ``SamplerSpec`` says how to solve (solver, steps, 
 t_end) and is checked once, when it is made. Fixed-step solvers run on a precomputed time grid
 and never synchronize with the host inside the step loop.
 """
-import dataclasses
 import functools
 from typing import Callable
 from dataclasses import dataclass
@@ -54,10 +53,6 @@ class SamplerSpec:
         not None in its place; raises ValueError as SamplerSpec does."""
         base = dict(solver=config.solver, steps=config.steps, grid=config.grid)
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
-
-    def replace(self, **changes) -> "SamplerSpec":
-        """A checked copy with `changes` in place."""
-        return dataclasses.replace(self, **changes)
 
     @property
     def fixed_step(self) -> bool:
