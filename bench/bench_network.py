@@ -8,7 +8,8 @@ import torch
 
 from bench.harness import CASES, CUDA, ENGINE_DTYPE, GPU_CASES, MAIN_CASE, dtype_name, inputs, measure, shape_text
 from bench.roofline import work
-from ecdp.engine import FastDenoiser
+from ecdp.acceleration import prepare
+from ecdp.speed import Speed
 
 PATHS = ["eager", "cached", "compiled"] + (["graphed"] if CUDA else [])
 COMPILED = GPU_CASES[:2] if CUDA else [MAIN_CASE]   # compiling takes minutes on CPU: the cases worth it
@@ -32,10 +33,9 @@ def evaluation(path, net, config, y, z, t):
     """(call, dtype, info): one evaluation on `path`, ready to time."""
     if path == "eager":   # the conditioning computed again at every evaluation, as without a cache
         return (lambda: net(z, t, net.encode(y, z.shape[-2:]))), torch.float32, {}
-    compile_mode = "default" if path == "compiled" else None
-    denoiser = FastDenoiser(net, dtype=ENGINE_DTYPE, compile_mode=compile_mode)
-    cond = denoiser.encode(y, z.shape[-2:])
-    call = lambda: denoiser(z, t, cond)
+    fast = prepare(net, Speed.auto(z.device, True, precision="bf16" if CUDA else "fp32", compile=path == "compiled"))
+    cond = fast.encode(y, z.shape[-2:])
+    call = lambda: fast.denoiser(z, t, cond)
     if path == "compiled":
         return call, ENGINE_DTYPE, dict(compile_s=compile_seconds(call))
     if path == "graphed":

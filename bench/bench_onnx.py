@@ -1,5 +1,5 @@
-"""onnxruntime against PyTorch on CPU: the whole fixed-step solve of the default model (the fast
-resolver, fp32, the model's solver and steps) as one ONNX graph, against the same module in eager
+"""onnxruntime against PyTorch on CPU: the whole fixed-step solve of the default model (the
+reference resolver: fp32, the model's solver and steps) as one ONNX graph, against the same module in eager
 PyTorch. The graph is exported by the TorchScript exporter (opset 17): ecdp.export's exporter
 spends minutes in its graph optimizer on the unrolled solve on a small CPU, and onnxruntime
 optimizes the graph itself when it opens the session."""
@@ -12,7 +12,7 @@ import torch
 
 from bench.harness import CPU_CASES, THREADS, inputs, measure, shape_text
 from bench.roofline import work
-from ecdp.engine import fast_resolver
+from ecdp.pipeline import SuperResolver
 
 CPU = torch.device("cpu")
 CASE = CPU_CASES[0]
@@ -21,10 +21,10 @@ OPSET = 17
 
 @pytest.fixture(scope="module")
 def exported(models, tmp_path_factory):
-    """(resolver, session, Work per image, info): the fast resolver at the smallest CPU case and an
+    """(resolver, session, Work per image, info): the reference resolver at the smallest CPU case and an
     onnxruntime session of its exported graph."""
     net, config, model = models(CASE.model, CPU)
-    resolver = fast_resolver(net, config).eval()
+    resolver = SuperResolver(net, config).eval()
     y, z1 = inputs(CASE, config.scale, CPU)
     path = tmp_path_factory.mktemp("onnx") / "solve.onnx"
     start = time.perf_counter()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 SUITES = ["bench_cpu_engine", "bench_sampler", "bench_network", "bench_kernels", "bench_onnx", "bench_training"]
 ROOFLINE = "bench_roofline"
-COLUMNS = ["name", "device", "dtype", "shape", "NFE", "median ms", "ms/image", "img/s", "TFLOP/s or GB/s",
+COLUMNS = ["name", "device", "dtype or speed", "shape", "NFE", "median ms", "ms/image", "img/s", "TFLOP/s or GB/s",
            "of floor", "peak MB", "notes"]
 ROOFLINE_COLUMNS = ["preset", "path", "dtype", "shape", "GFLOP", "MB moved", "FLOP/B", "compute floor ms",
                     "bandwidth floor ms", "median ms", "of compute floor", "of bandwidth"]

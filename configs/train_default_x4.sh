@@ -9,7 +9,7 @@
 # OUT/<param>/model: after the quality stage (OUT/hybrid/model is the default model); OUT/*.log.
 # CONFIG=FILE replaces configs/default_x4.yaml (configs/small_x4.yaml: the small model, one GPU call);
 # SET="KEY=VALUE ..." is added to every stage's --set. Without an installed ecdp command (a bare GPU
-# machine), the package runs from this checkout as bench/gpu/site.sh makes it importable.
+# machine), the package runs from this checkout (python3 -m ecdp with the checkout on PYTHONPATH).
 set -euo pipefail
 data=$1 out=$2
 shift 2
@@ -18,7 +18,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 config=${CONFIG:-$root/configs/default_x4.yaml}
 mkdir -p "$out"
 if ! command -v ecdp > /dev/null; then
-    source "$root/bench/gpu/site.sh" "$root"
+    export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
     ecdp() { python3 -m ecdp "$@"; }
 fi
 

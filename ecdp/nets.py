@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecdp.kernels import group_norm_silu
+from ecdp.kernels import reference
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,22 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with min(C // 4, 32) groups."""
-    return nn.GroupNorm(min(channels // 4, 32), channels)
+class GroupNormSiLU(nn.GroupNorm):
+    """SiLU(GroupNorm(x + add_channel[:, :, None, None] + add)), statistics in fp32: the norm of every
+    block and of the head. ``impl`` computes it (``ecdp.kernels.reference.group_norm_silu``; a
+    prepared network may put a fused kernel with the same signature in its place)."""
+
+    impl = staticmethod(reference.group_norm_silu)
+
+    def forward(self, x: torch.Tensor, add_channel: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W); add_channel (B, C); add x's shape. Returns x's shape and dtype."""
+        return self.impl(x, self.weight, self.bias, self.num_groups, add_channel=add_channel, add=add, eps=self.eps)
 
 
-def norm_silu(gn: nn.GroupNorm, x: torch.Tensor, **adds) -> torch.Tensor:
-    """SiLU(GroupNorm(x + adds)) with the parameters of `gn`, through the fusable kernel."""
-    return group_norm_silu(x, gn.weight, gn.bias, gn.num_groups, eps=gn.eps, silu=True, **adds)
+def norm(channels: int) -> GroupNormSiLU:
+    """GroupNorm + SiLU with min(C // 4, 32) groups."""
+    return GroupNormSiLU(min(channels // 4, 32), channels)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -104,8 +112,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """`cond` is this block's projected conditioning at the block's resolution."""
-        h = self.conv1(norm_silu(self.norm1, x))
-        h = norm_silu(self.norm2, h, add_channel=self.time_proj(emb), add=cond)
+        h = self.conv1(self.norm1(x))
+        h = self.norm2(h, add_channel=self.time_proj(emb), add=cond)
         return self.skip(x) + self.conv2(h)
 
 
@@ -153,7 +161,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.upsample.append(Upsample(c))
 
-        self.head_norm = nn.GroupNorm(cfg.head_groups, c)
+        self.head_norm = GroupNormSiLU(cfg.head_groups, c)
         self.head_conv = nn.Conv2d(c, 6, 3, padding=1)
 
     def blocks_with_sizes(self, hr_size: tuple[int, int]):
@@ -201,7 +209,7 @@ class UNet(nn.Module):
             if level < len(self.upsample):
                 h = self.upsample[level](h)
 
-        out = self.head_conv(norm_silu(self.head_norm, h))
+        out = self.head_conv(self.head_norm(h))
         return out[:, :3], out[:, 3:]
 
 

@@ -3,7 +3,6 @@
 Each image (or each overlapping tile of a large one, ecdp.tiling) is one ``SuperResolver.run``
 from the seeded prior noise of its region; the U-Net's size multiple is met by padding.
 """
-import functools
 import threading
 from typing import Callable
 
@@ -12,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ecdp.choices import DEFAULT_ENGINE, ENGINES, PRECISIONS
-from ecdp.engine import fast_engine
+from ecdp.choices import DEFAULT_ENGINE
 from ecdp.errors import UserError
 from ecdp.images import from_array, from_pil, to_array, to_pil
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
 from ecdp.sampling import SamplerSpec
 from ecdp.sde import seeded_prior
+from ecdp.speed import Speed
 from ecdp.tiling import sample_tiled, tile_grid
 
 MIN_TILE = 8
@@ -56,25 +55,25 @@ class Upscaler:
     def from_model(cls, net: torch.nn.Module, config, *, device: torch.device | str = "cpu", solver: str | None = None,
                    steps: int | None = None, grid: str | None = None, atol: float | None = None,
                    rtol: float | None = None, engine: str = DEFAULT_ENGINE, precision: str = "auto",
-                   compile: bool = False, **options) -> "Upscaler":
+                   compile: bool = False, speed: Speed | None = None, **options) -> "Upscaler":
         """The Upscaler of a network and its ModelConfig.
 
         solver, steps, grid, atol and rtol override the config's sampler (``SamplerSpec.of``).
-        engine "fast" (the default, as on every entry point) is ``ecdp.engine.fast_engine``:
-        fixed-step solves replayed from CUDA graphs on a GPU, and on the CPU a copy of `net` made
-        by ``ecdp.engine.cpu_network`` (channels_last, 1x1 convolutions on oneDNN); "reference" is the plain method (``SuperResolver``, fp32). precision is the fast
-        engine's network precision: "auto" (bf16 on CUDA and on CPUs with bf16 arithmetic, fp32
-        elsewhere), "fp32" or "bf16"; the ODE state stays fp32. compile=True runs the fast
-        engine's denoiser through torch.compile. options (seed, tile, overlap) as for Upscaler.
-        Raises UserError for a bad sampler, engine, precision or device.
+        engine, precision and compile choose the Speed as every entry point does
+        (``ecdp.speed.Speed.choose``): engine "fast" (the default) with precision "auto" (bf16 on
+        CUDA and on CPUs with bf16 arithmetic, fp32 elsewhere), "fp32" or "bf16", and compile=True
+        for the denoiser through torch.compile; "reference" is the plain method in fp32. speed, when
+        given, is used as it is instead. options (seed, tile, overlap) as for Upscaler. Raises
+        UserError for a bad sampler, engine, precision or device.
         """
         device = _device(device)
         try:
             sampler = SamplerSpec.of(config, solver=solver, steps=steps, grid=grid, atol=atol, rtol=rtol)
+            speed = speed or Speed.choose(engine, device, sampler.fixed_step, precision, compile)
+            resolver = SuperResolver(net.to(device).eval(), config, sampler, speed)
         except ValueError as e:
             raise UserError(str(e)) from None
-        net = net.to(device).eval()
-        return cls(_resolver(net, config, sampler, device, engine, precision, compile), device=device, **options)
+        return cls(resolver, device=device, **options)
 
     @classmethod
     def from_pretrained(cls, path: str, device: torch.device | str = "cpu", **options) -> "Upscaler":
@@ -139,12 +138,12 @@ class Upscaler:
             tile, overlap = self._tiles_for(padded)
             counter = self._counter(progress, padded, tile, overlap)
             callback = None if counter is None else counter.update   # a tqdm without a total has no truth value
-            solve = functools.partial(self._solve_region, y, padded, callback=callback)
             try:
                 if tile:
+                    solve = lambda *region: self.resolver.run(*self._region(y, padded, *region), callback)
                     x, self.last_nfe = sample_tiled(solve, padded.shape[-2:], s, tile, overlap)
                 else:
-                    x, self.last_nfe = solve(0, 0, *padded.shape[-2:])
+                    x, self.last_nfe = self.resolver.run(*self._region(y, padded, 0, 0, *padded.shape[-2:]), callback)
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 if not _out_of_memory(e):
                     raise
@@ -179,35 +178,17 @@ class Upscaler:
         tiles = len(tile_grid(*padded.shape[-2:], tile, overlap)) if tile else 1
         return progress(tiles * self.sampler.steps, unit="step")
 
-    def _solve_region(self, y, padded, top, left, height, width, callback=None):
-        """(x, nfe) of one LR region of the padded batch, with the prior noise of that region alone
-        (eq. 12, ``ecdp.sde.seeded_prior``) and the whole image's mu there."""
+    def _region(self, y, padded, top, left, height, width):
+        """resolver.run's (y, z1, mu) for one LR region of the padded batch: the prior noise of that
+        region alone (eq. 12, ``ecdp.sde.seeded_prior``) and the whole image's mu there (None: the
+        region is the image)."""
         s = self.resolver.scale
         shape = (padded.shape[0], 3, s * padded.shape[-2], s * padded.shape[-1])
         z1 = seeded_prior(self.seed, shape, (s * top, s * left, s * height, s * width), device=self.device)
         region = padded[..., top:top + height, left:left + width]
         whole = (top, left, height, width) == (0, 0, *y.shape[-2:])   # then mu of the region is the image's
         mu = None if whole else _region_upscale(self.resolver.upscale, y, top, left, height, width, s)
-        return self.resolver.run(region, z1, mu, callback)
-
-
-def _resolver(net, config, sampler, device, engine, precision, compile):
-    """The SuperResolver of the chosen engine (see Upscaler.from_model), or a UserError."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if engine == "reference":
-        if compile:
-            raise UserError("compile=True needs engine='fast'")
-        if precision == "bf16":
-            raise UserError("precision='bf16' needs engine='fast' (the reference engine runs fp32)")
-        return SuperResolver(net, config, sampler)
-    if engine != "fast":
-        raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    try:
-        return fast_engine(net, config, device, sampler, precision=precision,
-                           compile_mode="default" if compile else None)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+        return region, z1, mu
 
 
 def _region_upscale(upscale, y, top, left, height, width, scale):

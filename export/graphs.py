@@ -1,8 +1,8 @@
 """What the exporters trace: the whole fixed-step solve, the encoder, and one solver step.
 
-All three wrap one ``SuperResolver`` whose denoiser is the fast engine's ``FastDenoiser`` (every
-block's conditioning projected and resized once per image), so each exported form computes what
-the Python sampler computes. Shapes are static: the bicubic mu(y) is a pair of constant matrices
+All three wrap one ``SuperResolver`` at the exporters' Speed (``Speed.export``: the network under
+autocast at the exported precision; every block's conditioning projected and resized once per
+image), so each exported form computes what the Python sampler computes. Shapes are static: the bicubic mu(y) is a pair of constant matrices
 for one LR size.
 """
 from dataclasses import dataclass
@@ -10,14 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ecdp.engine import FastDenoiser
 from ecdp.errors import UserError
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
 from ecdp.sampling import ONE_STEP_SOLVERS, SamplerSpec, drift_fn
-
-EXPORT_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
+from ecdp.speed import Speed
 
 @dataclass(frozen=True)
 class ExportSpec:
@@ -45,8 +42,7 @@ def load_resolver(model: str, spec: ExportSpec, device: str = "cpu") -> SuperRes
     if any(n % config.lr_multiple for n in spec.lr_size):
         raise UserError(f"LR size {_size(spec.lr_size)} times the scale {config.scale} must be a multiple of "
                         f"{config.net.size_multiple} for this network.")
-    denoiser = FastDenoiser(net, dtype=EXPORT_DTYPES[spec.precision])
-    return SuperResolver(denoiser, config, sampler).eval()
+    return SuperResolver(net, config, sampler, Speed.export(spec.precision)).eval()
 
 
 def _size(hw):

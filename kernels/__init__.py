@@ -9,9 +9,8 @@
 
 Dispatch: the Triton kernels run on CUDA tensors, and on any tensor when ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter); everything else, and everything when Triton is not installed, runs the
-reference. ``set_enabled(False)`` or the environment variable ``ECDP_KERNELS=0`` routes every call
-to the reference; ``set_enabled(None)`` returns to the environment's choice. torch.compile,
-ONNX export and TorchScript tracing always see the reference (Inductor fuses it by itself).
+reference. torch.compile, ONNX export and TorchScript tracing always see the reference (Inductor
+fuses it by itself). Whether a network uses them at all is its Speed's choice (``ecdp.speed``).
 """
 import functools
 import os
@@ -22,25 +21,9 @@ from ecdp.kernels import reference
 from ecdp.kernels.ode_coef import (COEF_FIELDS, RK_TABLEAUS, Stage, dpmpp2m_coef, euler_coef, ode_coef, rk_coefs,
                                    solver_table)
 
-__all__ = ["group_norm_silu", "ode_update", "set_enabled", "enabled", "triton_available",
+__all__ = ["group_norm_silu", "ode_update", "triton_available",
            "ode_coef", "euler_coef", "rk_coefs", "dpmpp2m_coef", "solver_table", "Stage",
            "COEF_FIELDS", "RK_TABLEAUS"]
-
-_enabled_override = None
-
-
-def set_enabled(flag):
-    """Turn the Triton kernels on (True) or off (False); None defers to ECDP_KERNELS."""
-    global _enabled_override
-    _enabled_override = None if flag is None else bool(flag)
-
-
-def enabled():
-    """Whether calls may use the Triton kernels (set_enabled, else ECDP_KERNELS != '0')."""
-    if _enabled_override is not None:
-        return _enabled_override
-    return os.environ.get("ECDP_KERNELS", "1").strip() != "0"
-
 
 @functools.cache
 def _triton():
@@ -68,8 +51,6 @@ def _interpret():
 def _use_triton(t):
     # Under torch.compile the reference is traced, and Inductor fuses it by itself.
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return False
-    if not enabled():
         return False
     return (t.is_cuda or _interpret()) and triton_available()
 

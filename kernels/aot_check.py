@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 SHARED_LIMIT = {90: 232448, 80: 166912}   # bytes of shared memory one block may use (opt-in maximum)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = ("fp32", "bf16", "fp16")
 NETWORKS = [("paper", 64), ("tiny", 64), ("tiny", 256)]
 BATCHES = (1, 8)
 SOLVERS = [("euler", 1), ("heun", 1), ("rk4", 1), ("dpmpp2m", 3)]
@@ -76,31 +76,19 @@ def cases():
 
 
 def _meta_resolver(case):
-    """The fast engine's resolver for `case` on the meta device, with fused ODE updates."""
-    from ecdp.engine import FastDenoiser, FastResolver
+    """The fast engine's resolver for `case` on the meta device: weights cast once, the Triton
+    GroupNorm + SiLU and the fused ODE updates."""
     from ecdp.modelfile import ModelConfig
     from ecdp.nets import PRESETS, build
+    from ecdp.pipeline import SuperResolver
     from ecdp.sampling import SamplerSpec
+    from ecdp.speed import Speed
 
-    dtype = DTYPES[case.dtype]
     with torch.device("meta"):
-        net = build(case.preset).eval().to(dtype)
-    for module in net.modules():
-        if isinstance(module, torch.nn.GroupNorm):
-            module.float()
-
-    class CastDenoiser(FastDenoiser):
-        """Inputs cast to the network's dtype in place of autocast, which the meta device lacks."""
-
-        def encode(self, y, hr_size):
-            return super().encode(y.to(dtype), hr_size)
-
-        def forward(self, z_t, t, cond):
-            return super().forward(z_t.to(dtype), t, cond)
-
-    config = ModelConfig(net=PRESETS[case.preset])
-    denoiser = CastDenoiser(net, channels_last=case.channels_last)
-    return FastResolver(denoiser, config, SamplerSpec(case.solver, case.steps), fused_ode=True)
+        net = build(case.preset).eval()
+    speed = Speed(precision=case.dtype, encoder_precision=case.dtype, channels_last=case.channels_last,
+                  triton_norm=True, fused_ode=True)
+    return SuperResolver(net, ModelConfig(net=PRESETS[case.preset]), SamplerSpec(case.solver, case.steps), speed)
 
 
 def record(case):
@@ -111,7 +99,7 @@ def record(case):
     y = torch.empty(case.batch, 3, case.lr, case.lr, device="meta")
     z1 = torch.empty(resolver.noise_shape(y), device="meta")
     with recording() as launches, torch.inference_mode():
-        resolver.latent(y, z1)
+        resolver.run(y, z1, mu=torch.empty_like(z1))
     return launches
 
 

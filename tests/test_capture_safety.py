@@ -1,10 +1,12 @@
 """The fast engine's captured region makes no host synchronization and no host-to-device copy.
 
-What GraphedSolve captures in one CUDA graph (the latent solve: encoder, block conditioning, every
-stage of every fixed-step solver) runs here on meta tensors under a dispatch mode that fails on what a capture cannot hold: a read of a device
-value on the host (.item(), nonzero and other data-dependent shapes) and any tensor on the CPU
-(host data, which only a host-to-device copy could bring in). With Triton installed the kernels'
-launchers run too (their launches recorded, not run), so their code is inside the region.
+The function a SuperResolver hands to its GraphedSolve (``resolver.graphs.fn``: encoder, block
+conditioning, every stage of every fixed-step solver, the output map) runs here on meta tensors
+under a dispatch mode that fails on what a capture cannot hold: a read of a device value on the
+host (.item(), nonzero and other data-dependent shapes) and any tensor on the CPU (host data,
+which only a host-to-device copy could bring in). With Triton installed the kernels' launchers
+run too (their launches recorded, not run), so their code is inside the region. mu(y) (the
+bicubic upscale, whose matrices come from the host) is computed by ``run`` before the replay.
 """
 import contextlib
 import sys
@@ -16,10 +18,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import ecdp.kernels as kernels
-from ecdp.engine import fast_resolver
 from ecdp.modelfile import ModelConfig
 from ecdp.nets import build
+from ecdp.pipeline import SuperResolver
 from ecdp.sampling import SamplerSpec
+from ecdp.speed import Speed
 
 aten = torch.ops.aten
 HOST_METHODS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__bool__,
@@ -92,14 +95,14 @@ def meta_net():
 
 
 def _region(net, solver, steps, *, grid="logsnr", fused_ode=True, channels_last=False):
-    """Run the captured region of a fresh fast resolver (its coefficient table built inside)."""
-    resolver = fast_resolver(net, ModelConfig(sigma=0.2), SamplerSpec(solver=solver, steps=steps, grid=grid), fused_ode=fused_ode, channels_last=channels_last)
+    """Run what a fresh graphed resolver hands to its capture (its coefficient table built inside)."""
+    speed = Speed(channels_last=channels_last, triton_norm=True, fused_ode=fused_ode, cuda_graphs=True)
+    resolver = SuperResolver(net, ModelConfig(sigma=0.2), SamplerSpec(solver=solver, steps=steps, grid=grid), speed)
     y = torch.empty(2, 3, 8, 8, device="meta")
     z1 = torch.empty(resolver.noise_shape(y), device="meta")
     with torch.inference_mode(), _launchers(), capture_guard():
-        z, nfe = resolver.latent(y, z1)
-    assert z.shape == z1.shape
-    return nfe
+        x = resolver.graphs.fn(y, z1, torch.empty_like(z1))
+    assert x.shape == z1.shape
 
 
 @pytest.mark.parametrize("grid", ["uniform", "logsnr"])
@@ -113,11 +116,27 @@ def test_captured_region_is_capture_safe_in_channels_last(meta_net):
     _region(meta_net, "heun", 2, channels_last=True)
 
 
+def test_the_cuda_engine_hands_its_whole_solve_to_the_capture_and_mu_stays_outside(meta_net, monkeypatch):
+    """Speed.auto on CUDA captures fixed-step solves; run computes mu (host-built matrices) before
+    the replay, so the captured function gets it as an input."""
+    import ecdp.pipeline as pipeline
+    handed = []
+    monkeypatch.setattr(pipeline, "GraphedSolve", lambda fn: handed.append(fn) or fn)
+    speed = Speed.auto("cuda", fixed_step=True)
+    assert speed.cuda_graphs and speed.channels_last
+    resolver = SuperResolver(meta_net, ModelConfig(sigma=0.2), SamplerSpec(solver="heun", steps=2), speed)
+    y = torch.empty(1, 3, 8, 8, device="meta")
+    z1 = torch.empty(resolver.noise_shape(y), device="meta")
+    with torch.inference_mode(), _launchers(), capture_guard():
+        handed[0](y, z1, torch.empty_like(z1))
+    with pytest.raises(CaptureUnsafe, match="host"), torch.inference_mode(), capture_guard():
+        resolver.upscale(y)   # why mu is not computed inside the region
+
 @pytest.mark.parametrize("fault", ["host_copy", "item", "nonzero"])
 def test_guard_fails_on_a_planted_fault(meta_net, monkeypatch, fault):
     """A host copy (the kind ode_coef once made), a .item() and a data-dependent shape are caught."""
-    import ecdp.engine as engine
-    solve = engine.fused_solve
+    import ecdp.pipeline as pipeline
+    solve = pipeline.fused_solve
 
     def faulty(denoiser, z1, cond, table, callback=None):
         if fault == "host_copy":
@@ -128,7 +147,7 @@ def test_guard_fails_on_a_planted_fault(meta_net, monkeypatch, fault):
             z1 = z1 + (table[1] > 0.5).nonzero().shape[0]
         return solve(denoiser, z1, cond, table, callback)
 
-    monkeypatch.setattr(engine, "fused_solve", faulty)
+    monkeypatch.setattr(pipeline, "fused_solve", faulty)
     with pytest.raises(CaptureUnsafe):
         _region(meta_net, "euler", 1)
 

@@ -1,4 +1,4 @@
-"""The fast engine on the CPU (ecdp.engine.cpu_network) against the reference engine.
+"""The fast engine on the CPU (Speed.auto on the CPU, ecdp.acceleration.prepare) against the reference engine.
 
 The built-in model on a photo (scikit-image's astronaut): in fp32 the CPU engine computes what the
 reference computes up to float rounding, for every fixed-step solver on both time grids. In bf16
@@ -14,8 +14,9 @@ from PIL import Image
 from torch import nn
 
 from ecdp.choices import EVALS_PER_STEP, GRIDS
-from ecdp.engine import OneDNNConv1x1, bf16_supported, cpu_network
+from ecdp.acceleration import OneDNNConv1x1, prepare
 from ecdp.modelfile import load_model, resolve_model
+from ecdp.speed import Speed, bf16_supported
 from ecdp.upscaler import Upscaler
 
 STEPS = {"euler": 3, "heun": 2, "rk4": 1, "dpmpp2m": 3}
@@ -69,8 +70,8 @@ def test_bf16_with_the_models_sampler_stays_within_one_level(default_model):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_default_precision_follows_the_hardware(default_model, monkeypatch, native):
-    import ecdp.engine
-    monkeypatch.setattr(ecdp.engine, "native_bf16", lambda: native)
+    import ecdp.speed
+    monkeypatch.setattr(ecdp.speed, "native_bf16", lambda: native)
     assert upscaler(default_model, steps=1).precision == ("bf16" if native else "fp32")
     assert upscaler(default_model, solver="dopri5").precision == "fp32"   # adaptive: fp32 on the CPU
     assert upscaler(default_model, precision="fp32").precision == "fp32"
@@ -87,7 +88,7 @@ def test_same_seed_same_image(default_model, photo, precision):
 
 def test_cpu_network_is_a_copy_with_the_same_weights(default_model):
     net, _ = default_model
-    copy = cpu_network(net, torch.bfloat16)
+    copy = prepare(net, Speed(precision="bf16", channels_last=True, onednn_1x1=True))
     assert copy is not net and next(net.denoiser.parameters()).dtype == torch.float32
     assert next(copy.denoiser.parameters()).dtype == torch.bfloat16
     assert next(copy.encoder.parameters()).dtype == torch.float32
@@ -121,14 +122,14 @@ def test_precision_is_checked(default_model):
     from ecdp.errors import UserError
     with pytest.raises(UserError, match="unknown precision 'fp8'"):
         upscaler(default_model, precision="fp8")
-    with pytest.raises(UserError, match="precision='bf16' needs engine='fast'"):
+    with pytest.raises(UserError, match="precision bf16 needs the fast engine"):
         upscaler(default_model, engine="reference", precision="bf16")
 
 
 def test_bf16_where_onednn_cannot_is_one_clear_error(default_model, monkeypatch):
-    import ecdp.engine
+    import ecdp.speed
     from ecdp.errors import UserError
-    monkeypatch.setattr(ecdp.engine, "bf16_supported", lambda: False)
+    monkeypatch.setattr(ecdp.speed, "bf16_supported", lambda: False)
     with pytest.raises(UserError, match="precision bf16 needs a CPU with AVX-512"):
         upscaler(default_model, precision="bf16")
     assert upscaler(default_model).precision == "fp32"

@@ -7,32 +7,32 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 import ecdp.kernels as kernels  # noqa: E402
 import ecdp.nets as nets  # noqa: E402
-from ecdp.engine import GraphedSolve, fast_resolver  # noqa: E402
 from ecdp.kernels import reference  # noqa: E402
 from ecdp.modelfile import ModelConfig  # noqa: E402
+from ecdp.pipeline import SuperResolver  # noqa: E402
 from ecdp.sampling import SamplerSpec  # noqa: E402
+from ecdp.speed import Speed  # noqa: E402
 
 
 def paper_gn_sites(lr=64, channels_last=False):
     """(shape, groups, has add_channel, has add) of every GroupNorm call of the paper preset's
     denoiser at LR lr -> HR 4 lr, traced on a meta forward."""
     sites = []
-    real = nets.group_norm_silu
 
     def hook(x, weight, bias, groups, *, add_channel=None, add=None, eps=1e-5, silu=True):
         sites.append((tuple(x.shape), groups, add_channel is not None, add is not None))
-        return real(x, weight, bias, groups, add_channel=add_channel, add=add, eps=eps, silu=silu)
+        return reference.group_norm_silu(x, weight, bias, groups, add_channel=add_channel, add=add, eps=eps, silu=silu)
 
     with torch.device("meta"):
         net = nets.build("paper").eval()
     hr = (4 * lr, 4 * lr)
     with torch.inference_mode():
         cond = net.encode(torch.empty(1, 3, lr, lr, device="meta"), hr)
-        nets.group_norm_silu = hook
+        nets.GroupNormSiLU.impl = staticmethod(hook)
         try:
             net.denoiser(torch.empty(1, 3, *hr, device="meta"), torch.empty(1, device="meta"), cond)
         finally:
-            nets.group_norm_silu = real
+            nets.GroupNormSiLU.impl = staticmethod(reference.group_norm_silu)
     return sorted(set(sites))
 
 
@@ -88,19 +88,20 @@ def tiny_cuda():
     return net.cuda()
 
 
-@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("solver,steps", [("euler", 3), ("heun", 2), ("rk4", 1), ("dpmpp2m", 4)])
-def test_cuda_graph_replay_of_every_fixed_step_solver(tiny_cuda, solver, steps, dtype):
-    """Captured and replayed (fused ODE update, Triton GN) equals the same solve run eagerly."""
+def test_cuda_graph_replay_of_every_fixed_step_solver(tiny_cuda, solver, steps, precision):
+    """Captured and replayed (channels_last, fused ODE update, Triton GN) equals the same solve run eagerly."""
     g = torch.Generator().manual_seed(1)
-    resolver = fast_resolver(tiny_cuda, ModelConfig(sigma=0.2), SamplerSpec(solver=solver, steps=steps), dtype=dtype)
-    graphed = GraphedSolve(lambda y, z1: resolver.latent(y, z1)[0])
+    speed = Speed(precision=precision, encoder_precision=precision, channels_last=True, fold_biases=True,
+                  triton_norm=True, fused_ode=True, cuda_graphs=True)
+    resolver = SuperResolver(tiny_cuda, ModelConfig(sigma=0.2), SamplerSpec(solver=solver, steps=steps), speed)
     with torch.inference_mode():
         for _ in range(2):
             y = torch.rand(2, 3, 16, 16, generator=g).cuda()
             z1 = torch.randn(2, 3, 64, 64, generator=g).cuda()
-            assert resolver.uses_fused(z1)
-            torch.testing.assert_close(graphed(y, z1), resolver.latent(y, z1)[0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(resolver.run(y, z1)[0], resolver.run(y, z1, replay=False)[0],
+                                       atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dpmpp2m"])
@@ -110,6 +111,6 @@ def test_cuda_fused_solve_matches_the_unfused_solve(tiny_cuda, solver):
     z1 = torch.randn(2, 3, 64, 64, generator=g).cuda()
     config = ModelConfig(sigma=0.2)
     with torch.inference_mode():
-        fused = fast_resolver(tiny_cuda, config, SamplerSpec(solver=solver, steps=3), fused_ode=True).latent(y, z1)[0]
-        plain = fast_resolver(tiny_cuda, config, SamplerSpec(solver=solver, steps=3), fused_ode=False).latent(y, z1)[0]
-    torch.testing.assert_close(fused, plain, atol=2e-4, rtol=2e-4)
+        fused = SuperResolver(tiny_cuda, config, SamplerSpec(solver=solver, steps=3), Speed(fused_ode=True)).run(y, z1)[0]
+        plain = SuperResolver(tiny_cuda, config, SamplerSpec(solver=solver, steps=3)).run(y, z1)[0]
+    torch.testing.assert_close(fused, plain, atol=config.sigma * 2e-4, rtol=2e-4)

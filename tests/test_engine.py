@@ -1,15 +1,20 @@
-"""The fast engine against the reference: the same images from the same noise."""
+"""The fast engine (SuperResolver at a Speed other than the reference) against the reference: the
+same images from the same noise."""
+import contextlib
 import copy
 import threading
 
 import pytest
 import torch
 
-from ecdp.engine import FastDenoiser, GraphedSolve, fast_resolver
+from ecdp.acceleration import GraphedSolve, prepare
 from ecdp.modelfile import ModelConfig
 from ecdp.nets import ResBlock, build
-from ecdp.sampling import SamplerSpec
 from ecdp.pipeline import SuperResolver
+from ecdp.sampling import SamplerSpec
+from ecdp.speed import Speed
+
+FAST_FP32 = Speed.auto("cpu", True, precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -35,44 +40,67 @@ def test_fast_matches_reference_in_fp32(tiny, solver):
     y, z1 = _inputs(batch=2)
     with torch.inference_mode():
         reference = SuperResolver(tiny, config, SamplerSpec(solver=solver, steps=3))(y, z1)
-        fast = fast_resolver(tiny, config, SamplerSpec(solver=solver, steps=3))(y, z1)
+        fast = SuperResolver(tiny, config, SamplerSpec(solver=solver, steps=3), FAST_FP32)(y, z1)
     assert (fast - reference).abs().max().item() <= 1e-4
 
 
 def test_cache_holds_one_tensor_per_block(tiny):
     y, _ = _inputs()
-    cache = FastDenoiser(tiny).encode(y, (4 * y.shape[-2], 4 * y.shape[-1]))
+    cache = prepare(tiny, FAST_FP32).encode(y, (4 * y.shape[-2], 4 * y.shape[-1]))
     blocks = [m for m in tiny.denoiser.modules() if isinstance(m, ResBlock)]
     assert len(cache) == len(blocks)
     assert cache[0].shape[-2:] == (48, 48) and cache[-1].shape[-2:] == (48, 48)
 
 
-def _check_static_solve(tiny, device):
-    config = ModelConfig(sigma=0.2)
-    resolver = fast_resolver(copy.deepcopy(tiny).to(device), config, SamplerSpec(solver="heun", steps=2))   # tiny stays put
-    graphed = GraphedSolve(resolver, max_graphs=2)
-    with torch.inference_mode():
-        for seed, size in [(0, 8), (1, 8), (2, 12), (3, 16), (4, 8)]:
-            y, z1 = _inputs(size=size, seed=seed, device=device)
-            out = graphed(y, z1)
-            assert torch.allclose(out, resolver(y, z1), atol=1e-5)
-    assert len(graphed.graphs) == 2
-    assert [k[0][-1] for k in graphed.graphs] == [16, 8]
+def _graphed_resolver(tiny, device):
+    speed = Speed.auto(device, True, precision="fp32")
+    return SuperResolver(copy.deepcopy(tiny).to(device), ModelConfig(sigma=0.2), SamplerSpec(solver="heun", steps=2),
+                         speed if device == "cuda" else Speed(cuda_graphs=True))
 
 
 def test_static_buffer_solve_on_cpu(tiny):
-    """The loop a CUDA graph replays: buffers per shape, refilled per call, LRU of two."""
-    _check_static_solve(tiny, "cpu")
+    """The loop a CUDA graph replays (the resolver's GraphedSolve, called here on the CPU): buffers
+    per shape, refilled per call, LRU of two."""
+    resolver = _graphed_resolver(tiny, "cpu")
+    graphed = resolver.graphs
+    graphed.max_graphs = 2
+    with torch.inference_mode():
+        for seed, size in [(0, 8), (1, 8), (2, 12), (3, 16), (4, 8)]:
+            y, z1 = _inputs(size=size, seed=seed)
+            mu = resolver.upscale(y)
+            assert torch.allclose(graphed(y, z1, mu), resolver.run(y, z1)[0], atol=1e-5)
+    assert len(graphed.graphs) == 2
+    assert [k[0][0][-1] for k in graphed.graphs] == [16, 8]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_capture_and_replay(tiny):
-    _check_static_solve(tiny, "cuda")
+    """The resolver as the fast engine builds it on CUDA (CUDA graphs on) against its own eager solve;
+    TF32 off so that both sides compute the same fp32 convolutions."""
+    resolver = _graphed_resolver(tiny, "cuda")
+    with torch.inference_mode(), no_tf32():
+        for seed, size in [(0, 8), (1, 8), (2, 12), (3, 16), (4, 8)]:
+            y, z1 = _inputs(size=size, seed=seed, device="cuda")
+            torch.testing.assert_close(resolver.run(y, z1)[0], resolver.run(y, z1, replay=False)[0],
+                                       atol=1e-5, rtol=0)
+    assert len(resolver.graphs.graphs) == 3
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """fp32 convolutions and matmuls in full fp32 (PyTorch's default on Ampere and later is TF32 for
+    convolutions: a 10-bit mantissa), restored afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_dopri5_cannot_be_captured(tiny):
     with pytest.raises(ValueError, match="fixed-step"):
-        fast_resolver(tiny, ModelConfig(), SamplerSpec(solver="dopri5"), cuda_graphs=True)
+        SuperResolver(tiny, ModelConfig(), SamplerSpec(solver="dopri5"), Speed(cuda_graphs=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -135,10 +163,11 @@ def test_graphed_solves_from_eight_threads_match_serial_calls(tiny, one_intra_op
     under one process-wide lock, replays on private streams) shared by 8 threads."""
     config = ModelConfig(sigma=0.2)
     net = copy.deepcopy(tiny).to(device)
-    solves = [GraphedSolve(lambda y, z1, r=fast_resolver(net, config, SamplerSpec(solver=solver, steps=2)): r.latent(y, z1)[0],
-                           max_graphs=2)
+    solves = [SuperResolver(net, config, SamplerSpec(solver=solver, steps=2), Speed(cuda_graphs=True)).graphs
               for solver in ("heun", "dpmpp2m")]
-    jobs = [(solves[i % 2], _inputs(size=(8, 12)[i // 4], seed=i, device=device)) for i in range(8)]
+    for solve in solves:
+        solve.max_graphs = 2
+    jobs = [(solves[i % 2], _with_mu(*_inputs(size=(8, 12)[i // 4], seed=i, device=device))) for i in range(8)]
     def call(solve, inputs):
         with torch.inference_mode():   # per thread: threads do not inherit it
             return solve(*inputs)
@@ -147,6 +176,11 @@ def test_graphed_solves_from_eight_threads_match_serial_calls(tiny, one_intra_op
     serial = [call(*job) for job in jobs]
     for a, b in zip(threaded, serial):
         assert torch.equal(a, b)
+
+
+def _with_mu(y, z1):
+    """(y, z1, mu): mu a fixed image, as the resolver's run hands it to its GraphedSolve."""
+    return y, z1, torch.full_like(z1, 0.5)
 
 
 @pytest.fixture
@@ -162,13 +196,14 @@ def compile_calls(monkeypatch):
     return calls
 
 
-def test_upscaler_compile_reaches_torch_compile_of_the_cached_denoiser(tiny, compile_calls):
+def test_upscaler_compile_reaches_torch_compile_of_the_prepared_denoiser(tiny, compile_calls):
     from ecdp.upscaler import Upscaler
     upscaler = Upscaler.from_model(tiny, ModelConfig(sigma=0.2, steps=1), engine="fast", precision="fp32", compile=True)
-    (compiled, _), = compile_calls   # on the CPU: the denoiser of the engine's copy (cpu_network)
-    assert type(compiled) is type(tiny.denoiser)
+    (compiled, _), = compile_calls   # the call of the denoiser of the engine's copy (nn.Module.compile)
+    denoiser = compiled.__self__
+    assert type(denoiser) is type(tiny.denoiser) and denoiser is not tiny.denoiser
     expected = tiny.denoiser.state_dict()
-    assert all(torch.equal(value, expected[key]) for key, value in compiled.state_dict().items())
+    assert all(torch.equal(value, expected[key]) for key, value in denoiser.state_dict().items())
     assert compile_calls[0][1]["dynamic"] is False
     assert upscaler.sample(_inputs(size=8)[0]).shape == (1, 3, 32, 32)
 
@@ -176,7 +211,7 @@ def test_upscaler_compile_reaches_torch_compile_of_the_cached_denoiser(tiny, com
 def test_upscaler_compile_needs_the_fast_engine(tiny):
     from ecdp.errors import UserError
     from ecdp.upscaler import Upscaler
-    with pytest.raises(UserError, match="engine='fast'"):
+    with pytest.raises(UserError, match="compile needs the fast engine"):
         Upscaler.from_model(tiny, ModelConfig(), engine="reference", compile=True)
 
 
@@ -197,18 +232,13 @@ def test_cli_compile_flag_reaches_torch_compile(tmp_path, compile_calls):
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dpmpp2m"])
 def test_fused_ode_solve_matches_the_reference_in_float64(tiny, solver, grid):
     """The fused solve (coefficient table, ode_update per NFE) against ecdp.sampling.solve of the
-    same network in float64: within 5e-5, closer than the fp32 reference itself comes."""
+    same network in float64: z within 5e-5 (closer than the fp32 reference itself comes), so the
+    image x = mu + sigma z within sigma * 5e-5."""
     config = ModelConfig(sigma=0.2)
     y, z1 = _inputs(batch=2, size=8)
+    sampler = SamplerSpec(solver=solver, steps=4, grid=grid)
     with torch.inference_mode():
-        truth, nfe = SuperResolver(copy.deepcopy(tiny).double(), config, SamplerSpec(solver=solver, steps=4, grid=grid)).latent(y.double(), z1.double())
-        resolver = fast_resolver(tiny, config, SamplerSpec(solver=solver, steps=4, grid=grid), fused_ode=True)
-        fused, fused_nfe = resolver.latent(y, z1)
-    assert resolver.uses_fused(z1) and fused_nfe == nfe
-    assert (fused.double() - truth).abs().max().item() <= 5e-5
-
-
-def test_fused_ode_is_off_by_default_on_the_cpu(tiny):
-    resolver = fast_resolver(tiny, ModelConfig(), SamplerSpec(solver="heun", steps=2))
-    assert not resolver.uses_fused(torch.zeros(1, 3, 8, 8))
-    assert not fast_resolver(tiny, ModelConfig(), SamplerSpec(solver="dopri5"), fused_ode=True).uses_fused(torch.zeros(1))
+        truth, nfe = SuperResolver(copy.deepcopy(tiny).double(), config, sampler).run(y.double(), z1.double())
+        fused, fused_nfe = SuperResolver(tiny, config, sampler, Speed(fused_ode=True)).run(y, z1)
+    assert fused_nfe == nfe
+    assert (fused.double() - truth).abs().max().item() <= config.sigma * 5e-5

@@ -20,21 +20,13 @@ if not isinstance(triton.language.sum, InterpretedFunction):
 
 import ecdp.kernels as kernels  # noqa: E402
 from ecdp import nets  # noqa: E402
-from ecdp.engine import fused_solve  # noqa: E402
+from ecdp.acceleration import fused_solve, prepare  # noqa: E402
 from ecdp.kernels import layout, reference  # noqa: E402
 from ecdp.parametrization import HybridDenoiser  # noqa: E402
 from ecdp.sampling import SamplerSpec, solve  # noqa: E402
 from ecdp.sde import time_grid  # noqa: E402
+from ecdp.speed import Speed  # noqa: E402
 from oracle import GaussianOracle  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def kernels_by_environment():
-    """Every test starts with the dispatch choice of the environment (TRITON_INTERPRET=1)."""
-    kernels.set_enabled(None)
-    assert kernels.triton_available()
-    yield
-    kernels.set_enabled(None)
 
 
 @pytest.fixture
@@ -289,27 +281,6 @@ def test_dispatch_uses_triton_by_default(triton_calls):
     _assert_close(got, expected, torch.float32)
 
 
-def test_set_enabled_false_routes_to_reference(triton_calls):
-    try:
-        kernels.set_enabled(False)
-        assert not kernels.enabled()
-        got, expected = _gn_call()
-        _ode_call()
-    finally:
-        kernels.set_enabled(None)
-    assert triton_calls == []
-    assert torch.equal(got, expected)
-
-
-def test_env_ecdp_kernels_0_routes_to_reference(triton_calls, monkeypatch):
-    monkeypatch.setenv("ECDP_KERNELS", "0")
-    assert not kernels.enabled()
-    got, expected = _gn_call()
-    _ode_call()
-    assert triton_calls == []
-    assert torch.equal(got, expected)
-
-
 def test_cpu_without_interpreter_routes_to_reference(triton_calls, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     got, expected = _gn_call()
@@ -348,21 +319,19 @@ def _live_net(preset):
 
 
 def test_paper_denoiser_parity_kernels_on_off(triton_calls):
-    """Kernels on and off agree on the paper-preset denoiser, HR 32x32, LR 8x8, batch 1."""
+    """The network with the Triton GroupNorm + SiLU at every norm site (Speed.triton_norm) and the
+    plain one agree on the paper-preset denoiser, HR 32x32, LR 8x8, batch 1."""
     net = _live_net("paper").eval()
+    fast = prepare(net, Speed(triton_norm=True))
     y = torch.rand(1, 3, 8, 8, generator=_gen(1))
     z_t = _randn(1, 3, 32, 32, seed=2)
     t = torch.tensor([0.3])
     with torch.no_grad():
         cond = net.encode(y, z_t.shape[-2:])
         start = time.perf_counter()
-        on = net.denoiser(z_t, t, cond)
+        on = fast.denoiser(z_t, t, cond)
         elapsed = time.perf_counter() - start
-        kernels.set_enabled(False)
-        try:
-            off = net.denoiser(z_t, t, cond)
-        finally:
-            kernels.set_enabled(None)
+        off = net.denoiser(z_t, t, cond)
     assert len(triton_calls) == 45 and set(triton_calls) == {"group_norm_silu"}, len(triton_calls)
     for a, b in zip(on, off):
         torch.testing.assert_close(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
@@ -377,15 +346,10 @@ def test_tiny_net_training_gradients_kernels_on_off(triton_calls):
     z_t = _randn(1, 3, 8, 8, seed=2)
     t = torch.tensor([0.3])
     grads = []
-    for on in (True, False):
-        kernels.set_enabled(on)
-        try:
-            net.zero_grad()
-            eps_hat, z0_hat = net.denoiser(z_t, t, net.encode(y, z_t.shape[-2:]))
-            (eps_hat.square().mean() + z0_hat.square().mean()).backward()
-        finally:
-            kernels.set_enabled(None)
-        grads.append({name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None})
+    for copy in (prepare(net, Speed(triton_norm=True)), net):
+        eps_hat, z0_hat = copy.denoiser(z_t, t, copy.encode(y, z_t.shape[-2:]))
+        (eps_hat.square().mean() + z0_hat.square().mean()).backward()
+        grads.append({name: p.grad.clone() for name, p in copy.named_parameters() if p.grad is not None})
     assert triton_calls and set(triton_calls) == {"group_norm_silu"}
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[1].items():

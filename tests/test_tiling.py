@@ -16,7 +16,7 @@ test_upscaler; 4 steps give the same picture):
 import pytest
 import torch
 
-from ecdp.engine import bf16_supported
+from ecdp.speed import bf16_supported
 from ecdp.tiling import sample_tiled, tile_starts
 from ecdp.upscaler import Upscaler
 from test_upscaler import SCALE, recorded, save_tiny_model

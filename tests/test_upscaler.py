@@ -33,26 +33,14 @@ def save_tiny_model(folder, net=PRESETS["tiny"], **config):
     return folder
 
 
-class Recorder(nn.Module):
-    """Wraps an ECDPNet and records the shapes it is given."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.encoded, self.denoised = net, [], []
-
-    def encode(self, y, hr_size):
-        self.encoded.append(tuple(y.shape))
-        return self.net.encode(y, hr_size)
-
-    def forward(self, z_t, t, cond):
-        self.denoised.append(tuple(z_t.shape))
-        return self.net(z_t, t, cond)
-
-
 def recorded(model, **options):
-    """An Upscaler (reference engine: the network is called as it is) whose network records the shapes it is given."""
+    """An Upscaler (reference engine: the network is called as it is) whose network records the
+    shapes its encoder and its denoiser are given, in ``net.encoded`` and ``net.denoised``."""
     net, config = load_model(model)
-    return Upscaler.from_model(Recorder(net), config, **{"engine": "reference", **options})
+    net.encoded, net.denoised = [], []
+    net.encoder.register_forward_pre_hook(lambda module, args: net.encoded.append(tuple(args[0].shape)))
+    net.denoiser.register_forward_pre_hook(lambda module, args: net.denoised.append(tuple(args[0].shape)))
+    return Upscaler.from_model(net, config, **{"engine": "reference", **options})
 
 
 def random_uint8(shape, seed=0):

@@ -13,16 +13,20 @@ is recorded as skipped, never silently dropped), each failure recorded and the r
    model's levels, bf16, batch 1 and 8, and its ODE update (fp32 state, the engine's) likewise;
 3. end to end, (y, z1) -> x, ms per image and peak memory: the paper preset (random weights) at
    64 -> 256 and the built-in model at 64 -> 256 and 256 -> 1024, batch 1 and 8; the reference
-   (fp32 dopri5 at tol 1e-3 with its NFE, and Heun 3 on the log-SNR grid) and the fast engine
-   (bf16, Heun 3 log-SNR): eager; CUDA graph; graph with the Triton kernels off; graph with the
-   fused ODE update off; graph + torch.compile. PSNR of each fast output against the fp32
-   Heun 3 reference from the same noise.
+   (fp32 dopri5 at tol 1e-3 with its NFE, and Heun 3 on the log-SNR grid, TF32 off) and the fast
+   engine (Heun 3 log-SNR) at the Speeds of FAST, each row naming its Speed: the fast engine's own
+   (Speed.auto), without CUDA graphs, without the Triton kernels, with the fused ODE update, with
+   torch.compile. PSNR of each fast output against the fp32 Heun 3 reference from the same noise.
+   Then one network evaluation per image with the conditioning cached, replayed from a CUDA graph:
+   the fast engine's network against the anchor, plain PyTorch done right on the same inputs (the
+   plain network in bf16 and channels_last, torch.compile, CUDA graph), and their ratio.
 
 --quick: the same code on the CPU at tiny sizes (the tiny preset in place of the paper preset,
 LR 8), no torch.compile, in seconds; so the GPU run cannot fail on a typo.
 """
 import argparse
 import contextlib
+import dataclasses
 import json
 import platform
 import subprocess
@@ -40,12 +44,12 @@ COMPILE_RESERVE_S = 90              # what one torch.compile of a network may ta
 GPU_CASES = [("paper", 64, 8), ("paper", 64, 1), ("default", 64, 1), ("default", 64, 8),
              ("default", 256, 1), ("default", 256, 8)]   # the acceptance cases first
 QUICK_CASES = [("tiny", 8, 1), ("default", 8, 2)]
-FAST = {   # name: (CUDA graph, Triton kernels, fused ODE update, torch.compile)
-    "eager": (False, True, True, False),
-    "graph": (True, True, True, False),
-    "graph, triton off": (True, False, True, False),
-    "graph, fused ODE off": (True, True, False, False),
-    "graph + compile": (True, True, True, True),
+FAST = {   # name: the Speed of the row from the fast engine's own (Speed.auto on the device) and the device
+    "fast engine": lambda auto, device: auto,
+    "no CUDA graphs": lambda auto, device: dataclasses.replace(auto, cuda_graphs=False),
+    "no Triton": lambda auto, device: dataclasses.replace(auto, triton_norm=False),
+    "fused ODE update": lambda auto, device: dataclasses.replace(auto, fused_ode=True),
+    "compile": lambda auto, device: dataclasses.replace(auto, compile_mode="default", triton_norm=False),
 }
 SOLVER = dict(solver="heun", steps=3, grid="logsnr")   # a SamplerSpec
 
@@ -144,22 +148,12 @@ def _measure(run, batch, warmup, reps):
     return x, ms / batch, meter.peak_mb()
 
 
-def _resolver(net, config, name):
-    """The fast resolver of one FAST configuration (its CUDA graphs replay on a GPU only)."""
-    from ecdp.engine import fast_resolver
-    from ecdp.sampling import SamplerSpec
-    graph, _, fused, compiled = FAST[name]
-    on_gpu = torch.cuda.is_available()
-    return fast_resolver(net, config, SamplerSpec(**SOLVER), dtype=torch.bfloat16 if on_gpu else None,
-                         fused_ode=fused, compile_mode="default" if compiled else None, cuda_graphs=graph)
-
-
 def end_to_end_case(model, lr, batch, quick, budget):
-    """Rows for one (model, LR size, batch): the references, then each fast configuration."""
-    import ecdp.kernels as kernels
-    from bench.harness import Case, inputs, load
+    """Rows for one (model, LR size, batch): the references, then each fast Speed."""
+    from bench.harness import DEVICE, Case, inputs, load
     from ecdp.pipeline import SuperResolver
     from ecdp.sampling import SamplerSpec
+    from ecdp.speed import Speed
 
     net, config, description = load(model)
     y, z1 = inputs(Case(model, lr, batch), config.scale)
@@ -179,23 +173,56 @@ def end_to_end_case(model, lr, batch, quick, budget):
         heun = SuperResolver(net, config, SamplerSpec(**SOLVER))
         reference_x, ms, peak = _measure(lambda: heun(y, z1), batch, warmup, reps)
         rows.append(dict(base, config="reference fp32, heun 3 logsnr", nfe=6, ms_per_image=ms, peak_mb=peak))
-        for name, (_, triton_on, _, compiled) in FAST.items():
-            row = dict(base, config=f"fast bf16, {name}" if torch.cuda.is_available() else f"fast, {name}", nfe=6)
-            if compiled and quick:
+        auto = Speed.auto(DEVICE, fixed_step=True)
+        for name, variant in FAST.items():
+            speed = variant(auto, DEVICE)
+            row = dict(base, config=f"{name}: {speed.describe()}", nfe=6)
+            if speed.compile_mode and quick:
                 rows.append(dict(row, skipped="torch.compile is not run in --quick"))
                 continue
-            if budget.left() < (COMPILE_RESERVE_S if compiled else 10):
+            if budget.left() < (COMPILE_RESERVE_S if speed.compile_mode else 10):
                 rows.append(dict(row, skipped=f"time budget ({budget.left():.0f} s left)"))
                 continue
-            kernels.set_enabled(triton_on)
-            try:
-                resolver = _resolver(net, config, name)
-                x, ms, peak = _measure(lambda: resolver(y, z1), batch, warmup, reps)
-            finally:
-                kernels.set_enabled(None)
+            resolver = SuperResolver(net, config, SamplerSpec(**SOLVER), speed)
+            x, ms, peak = _measure(lambda: resolver(y, z1), batch, warmup, reps)
             rows.append(dict(row, ms_per_image=ms, ms_per_nfe_per_image=ms / 6, peak_mb=peak,
                              psnr_vs_reference=_psnr(x, reference_x)))
+        if budget.left() > 2 * COMPILE_RESERVE_S or quick:
+            rows += denoiser_rows(net, y, z1, base, auto, quick)
     return rows
+
+
+def _one_evaluation(denoiser, z1, cond, warmup, reps):
+    """ms of one call denoiser(z, t, cond), replayed from a CUDA graph on a GPU (eager elsewhere)."""
+    t = torch.full((z1.shape[0],), 0.5, device=z1.device)
+    call = lambda: denoiser(z1, t, cond)
+    if z1.is_cuda:
+        from ecdp.acceleration import GraphedSolve
+        graphed = GraphedSolve(lambda z, t: denoiser(z, t, cond)[0])
+        call = lambda: graphed(z1, t)
+    return _time(call, warmup, reps)
+
+
+def denoiser_rows(net, y, z1, base, auto, quick):
+    """One network evaluation per image, conditioning cached: the fast engine's network (its Speed
+    with torch.compile, as the anchor has it) against plain PyTorch done right, and their ratio."""
+    import copy
+
+    from ecdp.acceleration import prepare
+    warmup, reps = (1, 1) if quick else (3, 20)
+    batch, hr = z1.shape[0], z1.shape[-2:]
+    compiled = auto if quick else dataclasses.replace(auto, compile_mode="default", triton_norm=False)
+    ours = prepare(net, compiled)
+    ours_ms = _one_evaluation(ours.denoiser, z1, ours.encode(y, hr), warmup, reps) / batch
+    anchor = copy.deepcopy(net).to(auto.dtype(), memory_format=torch.channels_last)
+    anchor_denoiser = anchor.denoiser if quick else torch.compile(anchor.denoiser)
+    cond = anchor.encode(y.to(auto.dtype()).contiguous(memory_format=torch.channels_last), hr)
+    z = z1.to(auto.dtype()).contiguous(memory_format=torch.channels_last)
+    anchor_ms = _one_evaluation(anchor_denoiser, z, cond, warmup, reps) / batch
+    return [dict(base, config=f"one NFE, cached conditioning: {compiled.describe()}", nfe=1, ms_per_image=ours_ms),
+            dict(base, config="one NFE, cached conditioning: anchor (plain PyTorch, bf16, channels_last, compile, "
+                              "CUDA graph)" if not quick else "one NFE: anchor (plain PyTorch, --quick: eager)",
+                 nfe=1, ms_per_image=anchor_ms, anchor_over_fast=anchor_ms / ours_ms)]
 
 
 def end_to_end(quick, budget):
@@ -241,8 +268,8 @@ def markdown(report):
                                                      "compile_us", "compile_of_copy"]))
         else:
             lines.append(table(value, ["model", "lr", "hr", "batch", "config", "nfe", "ms_per_image",
-                                       "ms_per_nfe_per_image", "peak_mb", "psnr_vs_reference", "skipped",
-                                       "error"]))
+                                       "ms_per_nfe_per_image", "peak_mb", "psnr_vs_reference", "anchor_over_fast",
+                                       "skipped", "error"]))
         lines.append("")
     return "\n".join(lines)
 
@@ -267,6 +294,8 @@ def main(argv=None):
         print("no CUDA device: run with --quick for the CPU rehearsal", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
+    # fp32 rows mean fp32: PyTorch's default on Ampere and later rounds fp32 convolution operands to TF32.
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     start, budget = time.monotonic(), Budget(BUDGET_S)
     report = dict(quick=args.quick, environment=environment(), sections={})
     sections = [("correctness", lambda: correctness(args.out, args.quick)),

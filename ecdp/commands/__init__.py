@@ -17,14 +17,15 @@ def positive_int(text: str) -> int:
 
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
-    """--engine, --precision, --solver, --steps, --grid and --seed, defaulting to what ``Upscaler`` defaults
-    to, and --threads (see set_threads)."""
+    """--engine, --precision, --compile (the Speed: ``ecdp.speed.Speed.choose``), --solver, --steps,
+    --grid and --seed, defaulting to what ``Upscaler`` defaults to, and --threads (see set_threads)."""
     parser.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                         help=f"fast (channels_last, and bf16 where native, on the CPU; bf16 and CUDA graphs on a GPU) or "
                              f"reference (default: {DEFAULT_ENGINE})")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the fast engine's network precision: auto is bf16 on a GPU and on CPUs with bf16 "
                              "arithmetic (AVX512-BF16, AMX), fp32 elsewhere (default: auto)")
+    parser.add_argument("--compile", action="store_true", help="run the fast engine's network through torch.compile")
     parser.add_argument("--solver", choices=SOLVERS, help="ODE solver (default: the model's)")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="steps of a fixed-step solver "
                                                                         "(default: the model's)")
@@ -46,5 +47,5 @@ def set_threads(args: argparse.Namespace) -> None:
 
 def sampler_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``Upscaler`` that add_sampler_arguments parsed."""
-    return {"engine": args.engine, "precision": args.precision, "solver": args.solver, "steps": args.steps,
-            "grid": args.grid, "seed": args.seed}
+    return {"engine": args.engine, "precision": args.precision, "compile": args.compile, "solver": args.solver,
+            "steps": args.steps, "grid": args.grid, "seed": args.seed}

@@ -1,5 +1,6 @@
 """``ecdp upscale IN... -o OUT``: super-resolve image files (under torchrun, each file on one rank)."""
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -34,7 +35,6 @@ def add_parser(subparsers):
     p.add_argument("--checkpoint", metavar="PATH", default="default",
                    help="model folder (model.safetensors and config.json); default: the built-in model")
     add_sampler_arguments(p)
-    p.add_argument("--compile", action="store_true", help="run the fast engine's network through torch.compile")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--tile", type=positive_int, metavar="PX",
                    help="sample large images in overlapping tiles of PX LR pixels (bounds memory; images "
@@ -50,6 +50,7 @@ def run(args):
     import torch
     from tqdm import tqdm
 
+    from ecdp.images import write_image
     from ecdp.ranks import ranks
 
     outputs = plan_outputs(args.inputs, args.output)
@@ -62,7 +63,10 @@ def run(args):
         with console.progress(len(mine), desc="upscale", unit="image", disable=one_file or process.rank > 0) as files:
             for src, dst in mine:
                 try:
-                    upscale_file(upscaler, src, dst, max_pixels=args.max_pixels, quality=args.quality, progress=steps)
+                    rgb, alpha, info = read_checked(src, dst, args.max_pixels, args.quality)
+                    with _errors_named(src):
+                        sr = upscaler.sample(rgb[None], steps)[0].cpu()
+                    write_image(dst, sr, alpha, info, args.quality)
                 except UserError as e:
                     tqdm.write(f"ecdp upscale: error: {e}", file=sys.stderr)
                     failed += 1
@@ -73,20 +77,23 @@ def run(args):
     return 1 if failed else 0
 
 
-def upscale_file(upscaler, src, dst, *, max_pixels=MAX_PIXELS, quality=QUALITY, progress=None):
-    """Read src, check that dst can hold it, super-resolve it and write dst in the mode of src.
-
-    progress: as for ``Upscaler.sample`` (the solver steps of this one image), or None.
-    """
-    from ecdp.images import check_encodable, read_image, write_image
+def read_checked(src, dst, max_pixels=MAX_PIXELS, quality=QUALITY):
+    """(rgb, alpha, info) of src (``ecdp.images.read_image``), once dst is known to hold its result
+    (``check_encodable``); UserError otherwise."""
+    from ecdp.images import check_encodable, read_image
 
     rgb, alpha, info = read_image(src, max_pixels)
     check_encodable(dst, info, alpha is not None, quality)
+    return rgb, alpha, info
+
+
+@contextlib.contextmanager
+def _errors_named(src):
+    """A UserError raised inside comes out prefixed with src."""
     try:
-        sr = upscaler.sample(rgb[None], progress)[0].cpu()
+        yield
     except UserError as e:
         raise UserError(f"{src}: {e}") from None
-    write_image(dst, sr, alpha, info, quality)
 
 
 def plan_outputs(inputs, out):
@@ -131,8 +138,7 @@ def _upscaler(args, device):
     from ecdp.upscaler import Upscaler
 
     set_threads(args)
-    return Upscaler.from_pretrained(args.checkpoint, device=device, tile=args.tile, compile=args.compile,
-                                    **sampler_options(args))
+    return Upscaler.from_pretrained(args.checkpoint, device=device, tile=args.tile, **sampler_options(args))
 
 
 def _quality(text):
