@@ -17,15 +17,15 @@ TOL = 1e-3
 
 
 def sampler(path, net, config, **settings):
-    """(run, solver text, speed): run(y, z1) -> (sr, nfe) on `path`; settings override the
+    """(run, solver text, Speed): run(y, z1) -> (sr, nfe) on `path`; settings override the
     config's solver and steps (SamplerSpec.of)."""
     if path == "reference-dopri5":
         resolver = SuperResolver(net, config, SamplerSpec(solver="dopri5", atol=TOL, rtol=TOL))
-        return resolver.run, f"dopri5 tol {TOL:g}", resolver.speed.describe()
+        return resolver.run, f"dopri5 tol {TOL:g}", resolver.speed
     spec = SamplerSpec.of(config, **settings)
     speed = Speed.reference() if path == "reference" else Speed.auto(DEVICE, spec.fixed_step)
     resolver = SuperResolver(net, config, spec, speed)
-    return resolver.run, f"{spec.solver} {spec.steps} steps, {spec.grid} grid", speed.describe()
+    return resolver.run, f"{spec.solver} {spec.steps} steps, {spec.grid} grid", speed
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -46,6 +46,7 @@ def bench_solve(benchmark, models, case, path, rounds=None, **settings):
     y, z1 = inputs(case, config.scale)
     with torch.no_grad():
         sr, nfe = measure(benchmark, lambda: run(y, z1), rounds=rounds or case.rounds, warmup=case.warmup,
-                          batch=case.batch, model=model, path=path, solver=solver, dtype=speed)
+                          batch=case.batch, model=model, path=path, solver=solver, dtype=speed.describe(),
+                          precision=speed.precision)
     record(benchmark, nfe=nfe, flops=work(config.net, case.lr, config.scale).sample_flops(nfe, case.batch),
            shape=shape_text(y.shape, sr.shape))

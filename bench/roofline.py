@@ -84,14 +84,17 @@ def work(net_config, lr, scale, dtype=torch.float32):
 
 
 def ceilings(benchmarks):
-    """{"matmul": FLOP/s, "copy": bytes/s} from the ceiling benchmarks of a pytest-benchmark JSON."""
+    """{"compute <precision>": FLOP/s, "copy": bytes/s} from the ceiling benchmarks of a
+    pytest-benchmark JSON: per precision, the fastest of the compute ceilings measured in it (a
+    large matrix product, a large 3x3 convolution)."""
     found = {}
     for bench in benchmarks:
         info = bench["extra_info"]
-        if info.get("ceiling") == "matmul":
-            found["matmul"] = info["flops"] / bench["stats"]["median"]
-        elif info.get("ceiling") == "copy":
-            found["copy"] = info["bytes"] / bench["stats"]["median"]
+        name, seconds = info.get("ceiling"), bench["stats"]["median"]
+        if name == "copy":
+            found["copy"] = info["bytes"] / seconds
+        elif name:
+            found[name] = max(found.get(name, 0), info["flops"] / seconds)
     return found
 
 
@@ -100,9 +103,10 @@ def add_floor_fractions(benchmarks):
     ceiling = ceilings(benchmarks)
     for bench in benchmarks:
         info, seconds = bench["extra_info"], bench["stats"]["median"]
-        if info.get("flops") and "matmul" in ceiling:
-            info["compute_floor_ms"] = 1e3 * info["flops"] / ceiling["matmul"]
-            info["of_compute_floor"] = info["flops"] / ceiling["matmul"] / seconds
+        compute = ceiling.get(f"compute {info.get('precision', info.get('dtype'))}")
+        if info.get("flops") and compute and not info.get("ceiling"):
+            info["compute_floor_ms"] = 1e3 * info["flops"] / compute
+            info["of_compute_floor"] = info["flops"] / compute / seconds
         if info.get("bytes") and "copy" in ceiling:
             info["bandwidth_floor_ms"] = 1e3 * info["bytes"] / ceiling["copy"]
             info["of_bandwidth"] = info["bytes"] / ceiling["copy"] / seconds
