@@ -41,15 +41,16 @@ class HybridDenoiser:
     """The network under its parametrization, the one callable the samplers see (in the spirit of
     edm's EDMPrecond): ``(z_t, t, cond) -> eps_hyb`` (eq. 18 with eq. 14, 15), t of shape (B,).
 
-    net is the denoiser contract ``D(z_t, t, cond) -> (eps_hat, z0_hat)``; param and c as for
-    mixing_weight. Raises ValueError for an unknown parametrization.
+    denoiser follows the denoiser contract ``D(z_t, t, cond) -> (eps_hat, z0_hat)`` (an
+    ``ECDPNet`` or its ``.denoiser``); param and c as for mixing_weight. Raises ValueError for an
+    unknown parametrization.
     """
 
-    def __init__(self, net: Callable, param: str = "hybrid", c: float = 1.0):
+    def __init__(self, denoiser: Callable, param: str = "hybrid", c: float = 1.0):
         if param not in PARAMETRIZATIONS:
             raise ValueError(f"unknown parametrization {param!r}; choose one of {PARAMETRIZATIONS}")
-        self.net, self.param, self.c = net, param, c
+        self.denoiser, self.param, self.c = denoiser, param, c
 
     def __call__(self, z_t: torch.Tensor, t: torch.Tensor, cond: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        eps_hat, z0_hat = self.net(z_t, t, cond)
+        eps_hat, z0_hat = self.denoiser(z_t, t, cond)
         return noise_estimate(z_t, t, eps_hat, z0_hat, self.param, self.c)
