@@ -75,6 +75,10 @@ class PixelError(ValueError):
     """Pixels of a kind that is refused (see the module docstring)."""
 
 
+class TooManyPixels(UserError):
+    """An image of more pixels than the limit it is read with (a service answers it 413, not 400)."""
+
+
 def _open(path, max_pixels):
     """Image.open with our size limit in place of Pillow's decompression-bomb check; refuses animations."""
     limit = Image.MAX_IMAGE_PIXELS
@@ -86,7 +90,7 @@ def _open(path, max_pixels):
     pixels = img.width * img.height
     if pixels > max_pixels:
         img.close()
-        raise UserError(f"{path}: {img.width}x{img.height} is {pixels:,} pixels, more than the limit of "
+        raise TooManyPixels(f"{path}: {img.width}x{img.height} is {pixels:,} pixels, more than the limit of "
                         f"{max_pixels:,}; pass --max-pixels {pixels} to allow it (it is then upscaled in tiles)")
     frames = getattr(img, "n_frames", 1)
     if frames > 1 and img.format != "MPO":
