@@ -1,6 +1,7 @@
 """``ecdp serve``: the upscaling HTTP service (uvicorn), or the same service as a Ray Serve deployment."""
 import argparse
 import signal
+import sys
 
 from ecdp.choices import ENGINES, MAX_PIXELS
 from ecdp.commands import positive_int
@@ -75,13 +76,23 @@ def serve_http(settings, host: str, port: int) -> int:
     failure = []
 
     def load_failed(message):
-        print(f"ecdp serve: error: {message}", flush=True)
+        print(f"ecdp serve: error: {message}", file=sys.stderr, flush=True)
         failure.append(message)
         server.should_exit = True
 
-    config = uvicorn.Config(create_app(settings, on_load_error=load_failed), host=host, port=port,
-                            log_level="info", access_log=False, timeout_graceful_shutdown=settings.timeout_s + 5)
-    server = uvicorn.Server(config)
+    app = create_app(settings, on_load_error=load_failed)
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM or SIGINT the queued requests run at once, while uvicorn stops accepting and
+        waits for the requests in flight."""
+
+        def handle_exit(self, sig, frame):
+            app.state.service.drain_soon()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=settings.timeout_s + 5)
+    server = DrainingServer(config)
     # uvicorn raises the signal it caught again once it has drained; this handler makes that a no-op,
     # so that a SIGTERM ends the process with status 0 after the drain.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)

@@ -72,6 +72,7 @@ class Service:
         self.ready = False
         self.load_error: str | None = None
         self._serving: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, load: bool = True) -> None:
         """Start the batcher, after loading and warming the model in the model thread (unless load is
@@ -81,7 +82,7 @@ class Service:
                                max_wait_s=self.settings.max_wait_ms / 1000, queue_size=self.settings.queue,
                                executor=self.executor, capacity=self.models.capacity,
                                on_batch=self._on_batch)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
             if load:
                 await loop.run_in_executor(self.executor, self.models.load, (1, self.settings.max_batch))
@@ -91,11 +92,20 @@ class Service:
         self._serving = asyncio.create_task(self.batcher.serve())
         self.ready = True
 
-    async def stop(self) -> None:
-        """Finish every queued request, then stop the batcher and the model thread."""
+    def drain(self) -> None:
+        """Stop taking requests (503, not ready) and run the queued ones without waiting to fill batches."""
         self.ready = False
         if self.batcher is not None:
             self.batcher.close()
+
+    def drain_soon(self) -> None:
+        """drain() on the service's event loop; may be called from any thread or a signal handler."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.drain)
+
+    async def stop(self) -> None:
+        """Finish every queued request, then stop the batcher and the model thread."""
+        self.drain()
         if self._serving is not None:
             await self._serving
         self.executor.shutdown(wait=True)
@@ -130,7 +140,8 @@ class Service:
 
     async def _answer(self, request, arrived, watch_disconnect):
         if not self.ready:
-            raise RequestError(503, self.load_error or "the model is still loading; retry shortly")
+            reason = "the service is shutting down" if self.batcher and self._serving else "the model is still loading"
+            raise RequestError(503, self.load_error or f"{reason}; retry shortly")
         options = parse_options(request.query_params)
         body = await self._body(request)
         if self.batcher.depth >= self.settings.queue:
@@ -224,7 +235,7 @@ def create_app(settings: Settings, on_load_error: Callable[[str], None] | None =
 
     def loaded(task):
         if not task.cancelled() and task.exception() is not None and on_load_error:
-            on_load_error(str(task.exception()))
+            on_load_error(service.load_error)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
