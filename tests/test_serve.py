@@ -6,6 +6,7 @@ after a bound). Every wait is bounded.
 """
 import asyncio
 import concurrent.futures
+import contextlib
 import http.client
 import io
 import json
@@ -60,23 +61,30 @@ def images(tmp_path_factory):
     return paths
 
 
-@pytest.fixture(scope="module")
-def cli_images(model, images, tmp_path_factory):
-    """The CLI's answer (``ecdp upscale FILE --seed S``, run in this process, one thread as the services
-    run) for each file and seed 0-4, as arrays."""
-    folder = tmp_path_factory.mktemp("cli")
-    answers = {}
+@contextlib.contextmanager
+def one_thread():
+    """PyTorch on one thread, as the services run (--threads 1): tiny solves on a busy machine are
+    many times slower on two."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cli_images(model, images, tmp_path_factory):
+    """The CLI's answer (``ecdp upscale FILE --seed S``, run in this process) for each file and seed 0-4, as arrays."""
+    folder = tmp_path_factory.mktemp("cli")
+    answers = {}
+    with one_thread():
         for seed in range(5):
             upscaler = Upscaler.from_pretrained(str(model), seed=seed)
             for src in images:
                 dst = folder / f"{src.stem}-{seed}.png"
                 upscale_file(upscaler, src, dst)
                 answers[src, seed] = np.asarray(Image.open(dst))
-    finally:
-        torch.set_num_threads(threads)
     return answers
 
 
@@ -336,12 +344,14 @@ def test_each_image_of_a_batch_draws_its_own_seeds_noise(model):
     batch each image's result is that image's, whatever it is batched with, to float rounding."""
     upscaler = Upscaler.from_pretrained(str(model), engine="reference")
     y = torch.rand(4, 3, 8, 12, generator=torch.Generator().manual_seed(0))
-    alone = [Upscaler(upscaler.resolver, seed=s).sample(y[i:i + 1]) for i, s in enumerate((7, 8, 9, 10))]
-    assert torch.equal(upscaler.sample(y[:1], seeds=[7]), alone[0])
-    batch = upscaler.sample(y, seeds=[7, 8, 9, 10])
+    with one_thread():
+        alone = [Upscaler(upscaler.resolver, seed=s).sample(y[i:i + 1]) for i, s in enumerate((7, 8, 9, 10))]
+        assert torch.equal(upscaler.sample(y[:1], seeds=[7]), alone[0])
+        batch = upscaler.sample(y, seeds=[7, 8, 9, 10])
+        other = Upscaler(upscaler.resolver, seed=8).sample(y[:1])
     for i in range(4):
         torch.testing.assert_close(batch[i:i + 1], alone[i], rtol=0, atol=1e-5)
-    assert not torch.allclose(alone[0], Upscaler(upscaler.resolver, seed=8).sample(y[:1]))
+    assert not torch.allclose(alone[0], other)
     with pytest.raises(ValueError, match="one seed per image"):
         upscaler.sample(y, seeds=[1])
 
@@ -394,3 +404,37 @@ def test_batcher_refuses_past_its_queue_and_frees_the_place_of_a_cancelled_job()
             return await asyncio.gather(second, third)
 
     assert run_batcher(scenario()) == [2, 3]
+
+
+@pytest.mark.slow
+def test_ray_serve_answers_with_the_same_images(model, images, cli_images):
+    """The Ray Serve deployment, two CPU replicas on a local Ray instance, answers as ``ecdp serve`` does."""
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    from ecdp.serve.service import Settings
+    from ecdp.serve.ray_serve import deployment
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        settings = Settings(checkpoint=str(model), max_batch=4, max_wait_ms=20)
+        serve.run(deployment(settings, replicas=2), route_prefix="/")
+        replicas = serve.status().applications["default"].deployments["UpscaleDeployment"].replica_states
+        assert replicas.get("RUNNING") == 2, replicas
+        server = Server.__new__(Server)   # the client side of Server, on Ray Serve's proxy
+        server.port = port
+        assert server.get("/readyz")[0] == 200
+        jobs = [(images[i % len(images)], i % 5) for i in range(24)]
+        for (src, seed), (status, _, body) in zip(jobs, run_clients(server, jobs, clients=8)):
+            assert status == 200, body
+            assert_cli_image(decoded(body), cli_images[src, seed], batched=True)
+        status, _, body = server.upscale(b"")
+        assert status == 400 and list(json.loads(body)) == ["error"]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    from ecdp.serve import app   # what ``serve run ecdp.serve:app`` runs: the built-in model, one replica off GPUs
+    assert type(app).__name__ == "Application"

@@ -52,7 +52,7 @@ def run(args):
     _require(("uvicorn", "starlette", "prometheus_client"), "serve")
     if args.ray:
         _require(("ray",), "ray")
-    from ecdp.serve.app import Settings
+    from ecdp.serve.service import Settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,7 +71,7 @@ def serve_http(settings, host: str, port: int) -> int:
     """Run the service on uvicorn until SIGTERM or SIGINT; 0 after a drain, 1 when the model failed to load."""
     import uvicorn
 
-    from ecdp.serve.app import create_app
+    from ecdp.serve.service import create_app
 
     failure = []
 

@@ -3,7 +3,7 @@
 - ``batching``: the dynamic batcher (a bounded queue; batches of one key, full or after a short wait).
 - ``codec``: a request's options, the image in its body and the image in its answer.
 - ``models``: the model side: an Upscaler per sampler, batches of same-size images, each with its seed.
-- ``app``: the HTTP routes, metrics, readiness and the drain at shutdown (Starlette).
+- ``service``: the HTTP routes, metrics, readiness and the drain at shutdown (Starlette).
 - ``ray_serve``: the same service as Ray Serve replicas, one per GPU.
 
 ``app`` (the Ray Serve application, with the built-in model on every GPU of the Ray cluster) is

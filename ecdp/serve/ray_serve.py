@@ -14,7 +14,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ecdp.serve.app import Service, Settings, error
+from ecdp.serve.service import Service, Settings, error
 
 
 @serve.deployment(max_ongoing_requests=256)
