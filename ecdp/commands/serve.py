@@ -24,7 +24,8 @@ def add_parser(subparsers):
                    help="model folder (model.safetensors and config.json); default: the built-in model")
     p.add_argument("--engine", choices=ENGINES, help="the engine of the solves (default: ecdp upscale's)")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for the network (default: one per core)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="CPU threads for the network (default: one per core)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="port to bind (default: 8000)")
     p.add_argument("--max-batch", type=positive_int, default=8, metavar="N",

@@ -46,7 +46,6 @@ class Batcher:
         self.capacity = capacity or (lambda key: max_batch)
         self.on_batch = on_batch
         self.waiting: collections.OrderedDict[Job, None] = collections.OrderedDict()   # FIFO of live jobs
-        self.running = 0
         self._wake = asyncio.Event()
         self._closing = False
 
@@ -87,15 +86,12 @@ class Batcher:
                 continue
             for job in batch:
                 del self.waiting[job]
-            self.running = len(batch)
             if self.on_batch:
                 self.on_batch(len(batch))
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, [job.payload for job in batch])
             except Exception as e:   # the whole batch failed: every job gets the error
                 results = [e] * len(batch)
-            finally:
-                self.running = 0
             for job, result in zip(batch, results):
                 if job.future.done():   # cancelled while it ran
                     continue

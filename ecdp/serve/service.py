@@ -149,9 +149,8 @@ class Service:
         loop = asyncio.get_running_loop()
         decoded = await loop.run_in_executor(None, decode, body, options, self.settings.max_pixels)
         try:
-            sampler = self.models.sampler(options.solver, options.steps, options.grid)
-            future = self.batcher.submit(self.models.key(Work(decoded.rgb, options.seed, sampler)),
-                                         Work(decoded.rgb, options.seed, sampler))
+            work = Work(decoded.rgb, options.seed, self.models.sampler(options.solver, options.steps, options.grid))
+            future = self.batcher.submit(self.models.key(work), work)
         except UserError as e:
             raise RequestError(400, str(e)) from None
         except QueueFull:
@@ -198,8 +197,8 @@ class Service:
         if future in done:
             try:
                 return future.result()
-            except UserError as e:
-                raise RequestError(500, str(e)) from None
+            except Exception as e:   # the model failed (out of memory, non-finite values): the whole batch
+                raise RequestError(500, str(e) or type(e).__name__) from None
         if done:
             raise RequestError(499, "the client closed the connection")
         raise RequestError(504, f"no answer within the timeout of {self.settings.timeout_s:g} s")
