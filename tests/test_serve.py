@@ -92,11 +92,11 @@ def assert_cli_image(answer, expected, batched):
     """An answer of the service has the CLI's pixels: exactly when it was solved alone (--max-batch 1),
     and to within BATCH_LEVELS of 255 when it may have been batched.
 
-    The CPU kernels round differently at batch 1 and at batch N >= 2 (PyTorch computes a linear
-    layer of one row as a matrix-vector product, and sends small fp32 convolutions of one image to
-    its im2col fallback instead of oneDNN; the group norm kernel splits its sums differently), so
-    a batched image differs from the image solved alone by float rounding: up to 0.7/255 measured
-    with the built-in model in bf16, which rounds to at most one level of an 8-bit output.
+    The CPU kernels round differently at different batch sizes (PyTorch computes a linear layer of
+    one row as a matrix-vector product, sends small fp32 convolutions of one image to its im2col
+    fallback instead of oneDNN, and splits the group norm's sums over threads by batch size), so a
+    batched image differs from the image solved alone by float rounding: less than 1/255 (up to
+    0.68/255 measured with the built-in model in bf16), at most one level of an 8-bit output.
     """
     if batched:
         difference = np.abs(answer.astype(int) - expected.astype(int)).max()
@@ -354,6 +354,24 @@ def test_each_image_of_a_batch_draws_its_own_seeds_noise(model):
     assert not torch.allclose(alone[0], other)
     with pytest.raises(ValueError, match="one seed per image"):
         upscaler.sample(y, seeds=[1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_batched_image_is_within_float_rounding_of_the_image_alone(model, threads):
+    """Batches of 2 and 3 give each image its pixels alone to less than 1/255 (see assert_cli_image:
+    the CPU kernels split their work by batch size and threads, so the rounding moves)."""
+    upscaler = Upscaler.from_pretrained(str(model))
+    y = torch.rand(3, 3, 12, 16, generator=torch.Generator().manual_seed(1))
+    seeds = [5, 6, 7]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        alone = torch.cat([upscaler.sample(y[i:i + 1], seeds=seeds[i:i + 1]) for i in range(3)])
+        for size in (2, 3):
+            batched = upscaler.sample(y[:size], seeds=seeds[:size])
+            assert (batched - alone[:size]).abs().max() < 1 / 255, f"batch of {size}"
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_batcher(coroutine):
