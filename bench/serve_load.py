@@ -6,7 +6,7 @@ batched (--max-batch N) against unbatched (--max-batch 1), measured in one run o
 
 Each mode starts ``python -m ecdp serve`` on 127.0.0.1 and, for each number of clients, sends
 `--requests` POST /v1/upscale requests (PNG files of distinct random images, seeds 0, 1, ...) from
-that many threads, each on a keep-alive connection, after a warm-up of one request per client.
+that many threads, each on a keep-alive connection, after a warm-up of one request per client (the clock starts when every client is warm).
 A request's latency is from sending it to reading the whole answer. Prints a markdown table, the
 ratio of batched to unbatched throughput at the most clients, and the p99 check: the batched p99
 against the unbatched p99 plus --max-wait-ms plus one batch's solve (a batch of --max-batch images
@@ -81,23 +81,16 @@ class Service:
     def load(self, files, clients, requests):
         """(images per second, [latency in seconds of each request]) of `requests` requests from `clients` threads."""
         def client(index):
+            post(http.client.HTTPConnection("127.0.0.1", self.port, timeout=600), index, files[index % len(files)])
+            barrier.wait()   # a fresh connection after it: the service closes idle keep-alive ones after 5 s
+            started.append(time.perf_counter())
             connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
             latencies = []
-            try:
-                for n in range(index - clients, requests, clients):   # a warm-up request first (n < 0)
-                    start = time.perf_counter()
-                    connection.request("POST", f"/v1/upscale?seed={max(n, 0)}", body=files[n % len(files)])
-                    response = connection.getresponse()
-                    response.read()
-                    if response.status != 200:
-                        raise SystemExit(f"request {n} got status {response.status}")
-                    if n >= 0:
-                        latencies.append(time.perf_counter() - start)
-                    else:
-                        barrier.wait()
-                        started.append(time.perf_counter())
-            finally:
-                connection.close()
+            for n in range(index, requests, clients):
+                start = time.perf_counter()
+                post(connection, n, files[n % len(files)], close=False)
+                latencies.append(time.perf_counter() - start)
+            connection.close()
             return latencies
 
         barrier, started = threading.Barrier(clients), []   # the clock starts once every client is warm
@@ -110,6 +103,19 @@ class Service:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=120)
         self.process.stderr.close()
+
+
+def post(connection, seed, body, close=True):
+    """POST one image with this seed and read the whole answer; SystemExit unless it is 200."""
+    try:
+        connection.request("POST", f"/v1/upscale?seed={seed}", body=body)
+        response = connection.getresponse()
+        response.read()
+    finally:
+        if close:
+            connection.close()
+    if response.status != 200:
+        raise SystemExit(f"request {seed} got status {response.status}")
 
 
 def batch_solve_s(args):

@@ -321,15 +321,22 @@ def test_bad_bodies_get_one_sentence_and_the_service_keeps_serving(serve, images
         assert_cli_image(decoded(answer), cli_images[images[0], 2], batched=False)
 
 
-def test_health_readiness_and_metrics(serve, images):
-    server = serve()
+def test_health_readiness_metrics_and_the_timeout(serve, images):
+    """/healthz, /readyz and /metrics answer; a request left waiting past --timeout-s gets 504 and
+    leaves the queue."""
+    server = serve("--timeout-s", "0.5", "--max-wait-ms", "20000")
     assert server.get("/healthz") == (200, b'{"status":"alive"}')
-    assert server.get("/readyz")[0] == 200
-    assert server.upscale(images[0].read_bytes())[0] == 200
+    assert server.get("/readyz") == (200, b'{"status":"ready"}')
+    start = time.monotonic()
+    status, headers, body = server.upscale(images[0].read_bytes())   # waits for 7 more of its size
+    assert status == 504 and list(json.loads(body)) == ["error"]
+    assert time.monotonic() - start < 10
     text = server.get("/metrics")[1].decode()
     for name in ("ecdp_requests_total", "ecdp_queue_depth", "ecdp_batch_size_bucket", "ecdp_request_seconds_bucket",
                  "ecdp_images_total"):
         assert name in text
+    assert server.metric('ecdp_requests_total{status="504"}') == 1
+    assert server.metric("ecdp_queue_depth") == 0
 
 
 def test_a_model_that_cannot_be_loaded_exits_1(tmp_path):

@@ -144,7 +144,7 @@ class Service:
             raise RequestError(503, self.load_error or f"{reason}; retry shortly")
         options = parse_options(request.query_params)
         body = await self._body(request)
-        if self.batcher.depth >= self.settings.queue:
+        if self.batcher.depth >= self.settings.queue:   # refused before the cost of decoding it
             raise RequestError(503, "the queue is full; retry shortly")
         loop = asyncio.get_running_loop()
         decoded = await loop.run_in_executor(None, decode, body, options, self.settings.max_pixels)
