@@ -11,7 +11,7 @@ import sys
 from ecdp import console
 from ecdp.errors import UserError
 
-COMMANDS = ("upscale", "demo", "train", "eval")
+COMMANDS = ("upscale", "demo", "train", "eval", "serve")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 * 2**20                    # glibc's largest: blocks up to it come from the heap
 TRIM_THRESHOLD = 2**30

@@ -75,6 +75,15 @@ class PixelError(ValueError):
     """Pixels of a kind that is refused (see the module docstring)."""
 
 
+class TooManyPixels(UserError):
+    """An image of more pixels than the limit it is read with (a service answers it 413, not 400)."""
+
+    def __init__(self, path, width: int, height: int, limit: int):
+        self.width, self.height, self.limit = width, height, limit
+        super().__init__(f"{path}: {width}x{height} is {width * height:,} pixels, more than the limit of {limit:,}; "
+                         f"pass --max-pixels {width * height} to allow it (it is then upscaled in tiles)")
+
+
 def _open(path, max_pixels):
     """Image.open with our size limit in place of Pillow's decompression-bomb check; refuses animations."""
     limit = Image.MAX_IMAGE_PIXELS
@@ -86,8 +95,7 @@ def _open(path, max_pixels):
     pixels = img.width * img.height
     if pixels > max_pixels:
         img.close()
-        raise UserError(f"{path}: {img.width}x{img.height} is {pixels:,} pixels, more than the limit of "
-                        f"{max_pixels:,}; pass --max-pixels {pixels} to allow it (it is then upscaled in tiles)")
+        raise TooManyPixels(path, img.width, img.height, max_pixels)
     frames = getattr(img, "n_frames", 1)
     if frames > 1 and img.format != "MPO":
         img.close()
@@ -194,6 +202,20 @@ def write_image(path, rgb, alpha, info, quality=QUALITY):
             _encode(tmp, array, fmt, info, quality)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: cannot be written as {fmt} ({_reason(e)})") from None
+
+
+def encode_image(rgb, alpha, info, fmt, quality=QUALITY) -> bytes:
+    """The bytes of the file write_image would write in PIL format `fmt` (e.g. "PNG"), made in memory.
+
+    rgb (3,H,W) in [0, 1], alpha (1,h,w) or None, as for write_image. Raises UserError when the
+    format cannot hold the image.
+    """
+    buffer = io.BytesIO()
+    try:
+        _encode(buffer, to_array(rgb, alpha, info), fmt, info, quality)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot be written as {fmt} ({_reason(e)})") from None
+    return buffer.getvalue()
 
 
 def check_encodable(path, info, has_alpha, quality=QUALITY):

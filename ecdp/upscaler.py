@@ -4,7 +4,7 @@ Each image (or each overlapping tile of a large one, ecdp.tiling) is one ``Super
 from the seeded prior noise of its region; the U-Net's size multiple is met by padding.
 """
 import threading
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -120,8 +120,15 @@ class Upscaler:
             return self.sample(image).to(image.device, image.dtype)
         raise TypeError(f"cannot upscale a {type(image).__name__}; pass a PIL image, a numpy array or a tensor")
 
-    def sample(self, y: torch.Tensor, progress: Callable | None = None) -> torch.Tensor:
+    def sample(self, y: torch.Tensor, progress: Callable | None = None, *, seeds: Sequence[int] | None = None
+               ) -> torch.Tensor:
         """Super-resolve y (B,3,h,w) in [0, 1]; the network evaluations it took are kept in last_nfe.
+
+        seeds (B ints), when given, give each image its own seed: image i draws the prior noise it
+        draws alone in an Upscaler of seed seeds[i], so a batch of images sampled together gets the
+        images sampled one by one, up to the float rounding of batched kernels (a fixed-step solver;
+        dopri5 chooses its steps for the whole batch). Without it the batch draws its noise from
+        the Upscaler's seed.
 
         progress, when given, is called once as ``progress(total, unit=...)`` and returns a counter
         (``update()``, ``close()``) that is updated after every solver step of every tile: total is
@@ -131,6 +138,8 @@ class Upscaler:
         out-of-range y, and UserError when memory runs out or the model gives non-finite values.
         """
         _check_tensor(y)
+        if seeds is not None and len(seeds) != y.shape[0]:
+            raise ValueError(f"expected one seed per image ({y.shape[0]}), got {len(seeds)}")
         with self._lock, torch.inference_mode():
             y = y.to(self.device, torch.float32)
             s, (h, w) = self.resolver.scale, y.shape[-2:]
@@ -140,10 +149,11 @@ class Upscaler:
             callback = None if counter is None else counter.update   # a tqdm without a total has no truth value
             try:
                 if tile:
-                    solve = lambda *region: self.resolver.run(*self._region(y, padded, *region), callback)
+                    solve = lambda *region: self.resolver.run(*self._region(y, padded, *region, seeds), callback)
                     x, self.last_nfe = sample_tiled(solve, padded.shape[-2:], s, tile, overlap)
                 else:
-                    x, self.last_nfe = self.resolver.run(*self._region(y, padded, 0, 0, *padded.shape[-2:]), callback)
+                    x, self.last_nfe = self.resolver.run(*self._region(y, padded, 0, 0, *padded.shape[-2:], seeds),
+                                                         callback)
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 if not _out_of_memory(e):
                     raise
@@ -178,13 +188,17 @@ class Upscaler:
         tiles = len(tile_grid(*padded.shape[-2:], tile, overlap)) if tile else 1
         return progress(tiles * self.sampler.steps, unit="step")
 
-    def _region(self, y, padded, top, left, height, width):
+    def _region(self, y, padded, top, left, height, width, seeds=None):
         """resolver.run's (y, z1, mu) for one LR region of the padded batch: the prior noise of that
-        region alone (eq. 12, ``ecdp.sde.seeded_prior``) and the whole image's mu there (None: the
-        region is the image)."""
+        region alone (eq. 12, ``ecdp.sde.seeded_prior``; each image's own with `seeds`) and the whole
+        image's mu there (None: the region is the image)."""
         s = self.resolver.scale
         shape = (padded.shape[0], 3, s * padded.shape[-2], s * padded.shape[-1])
-        z1 = seeded_prior(self.seed, shape, (s * top, s * left, s * height, s * width), device=self.device)
+        hr_region = (s * top, s * left, s * height, s * width)
+        if seeds is None:
+            z1 = seeded_prior(self.seed, shape, hr_region, device=self.device)
+        else:
+            z1 = torch.cat([seeded_prior(seed, (1, *shape[1:]), hr_region, device=self.device) for seed in seeds])
         region = padded[..., top:top + height, left:left + width]
         whole = (top, left, height, width) == (0, 0, *y.shape[-2:])   # then mu of the region is the image's
         mu = None if whole else _region_upscale(self.resolver.upscale, y, top, left, height, width, s)
