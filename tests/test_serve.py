@@ -30,7 +30,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 pytest.importorskip("prometheus_client")
 
-from ecdp.commands.upscale import upscale_file   # noqa: E402
+from ecdp.cli import main   # noqa: E402
 from ecdp.serve.batching import Batcher, QueueFull   # noqa: E402
 from ecdp.upscaler import Upscaler   # noqa: E402
 from test_upscaler import save_tiny_model   # noqa: E402
@@ -80,10 +80,10 @@ def cli_images(model, images, tmp_path_factory):
     answers = {}
     with one_thread():
         for seed in range(5):
-            upscaler = Upscaler.from_pretrained(str(model), seed=seed)
             for src in images:
                 dst = folder / f"{src.stem}-{seed}.png"
-                upscale_file(upscaler, src, dst)
+                assert main(["upscale", str(src), "-o", str(dst), "--checkpoint", str(model), "--seed", str(seed),
+                             "--device", "cpu", "-q"]) == 0
                 answers[src, seed] = np.asarray(Image.open(dst))
     return answers
 
