@@ -1,4 +1,4 @@
-"""Test configuration: the helpers' folder on sys.path, and the interpreted test modules run apart.
+"""Test configuration: the helpers' folder on sys.path, the shared fixtures, and the interpreted test modules run apart.
 
 Triton picks interpreter or compiled mode for every kernel when it is defined, its own library
 (``tl.sum``, ...) included, at ``import triton``. A process that imported Triton under
@@ -62,3 +62,42 @@ class InterpretedRun(pytest.Item):
 
 class InterpretedFailure(Exception):
     """The interpreted subprocess reported failures (its output is the message)."""
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the module's tests (training runs reduce in one order)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A folder of three small training images."""
+    from helpers import write_images
+
+    folder = tmp_path_factory.mktemp("images")
+    write_images(folder, [(48, 40), (40, 56), (64, 48)])
+    return folder
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder without write permission (skips where this process may write there anyway, as root may)."""
+    import tempfile
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except PermissionError:
+        yield folder
+    else:
+        pytest.skip("this process writes into read-only folders (root)")
+    finally:
+        folder.chmod(0o755)

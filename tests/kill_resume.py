@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_data import write_images  # noqa: E402
+from helpers import write_images
 
 TINY = Path(__file__).parent.parent / "configs" / "tiny.yaml"
 STEPS = 6

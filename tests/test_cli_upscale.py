@@ -4,26 +4,12 @@ import pytest
 from PIL import Image
 
 from ecdp.cli import main
-from test_upscaler import SCALE, image_of_mode, random_uint8, save_tiny_model
+from helpers import SCALE, files_under, image_of_mode, one_line, random_uint8, save_tiny_model, upscale
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return str(save_tiny_model(tmp_path_factory.mktemp("model"), steps=1))
-
-
-def upscale(model, *args):
-    return main(["upscale", *map(str, args), "--checkpoint", model, "--device", "cpu"])
-
-
-def files_under(folder):
-    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
-
-
-def one_line(capsys):
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def _truncated_png(path):

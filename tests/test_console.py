@@ -100,8 +100,8 @@ def test_missing_export_extra_is_one_sentence(tmp_path, capsys, monkeypatch, tar
 
 def test_training_off_a_terminal_logs_a_line_per_logging_interval(tmp_path, capsys):
     from ecdp.cli import main
-    from test_data import write_images
-    from test_train import BASE, TINY
+    from helpers import write_images
+    from helpers import BASE, TINY
 
     write_images(tmp_path / "images", [(48, 40), (40, 56)])
     settings = [*BASE, "train.log_every=2", "train.steps=4"]

@@ -14,7 +14,7 @@ from PIL import Image
 from ecdp.export import ExportSpec, export_aoti
 from ecdp.modelfile import load_model
 from ecdp.upscaler import Upscaler
-from test_export_onnx import LR_SIZE, pytorch_sr, save_tiny_model
+from helpers import LR_SIZE, pytorch_sr, save_export_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
     subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
                    check=True, capture_output=True)
     subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True)
-    model = save_tiny_model(work / "model")
+    model = save_export_model(work / "model")
     (package,) = export_aoti(model, work / "tiny.pt2", ExportSpec(lr_size=LR_SIZE), device="cpu")
     return build / "ecdp-run", model, package, work
 

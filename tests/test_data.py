@@ -7,19 +7,10 @@ from ecdp.data import BatchOrder, DataWarning, SRDataset, derived_generator, est
 from ecdp.metrics import quantize
 from ecdp.errors import UserError
 from ecdp.resize import downscale
+from helpers import truncated_jpeg, write_images
 
 
-def write_images(folder, sizes, seed=0, mode="RGB"):
-    """Smooth random images of the given (width, height) sizes as PNGs in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i, (w, h) in enumerate(sizes):
-        small = Image.fromarray(rng.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3), dtype=np.uint8))
-        path = folder / f"img{i}.png"
-        small.resize((w, h), Image.BICUBIC).convert(mode).save(path)
-        paths.append(path)
-    return paths
+
 
 
 @pytest.fixture
@@ -177,17 +168,6 @@ def test_derived_generators_differ_by_key():
     draw = [torch.rand(2, generator=derived_generator(*k)) for k in [(1, 2, 3), (1, 2, 3), (1, 3, 2), (1, 2)]]
     assert torch.equal(draw[0], draw[1])
     assert not torch.equal(draw[0], draw[2]) and not torch.equal(draw[0], draw[3])
-
-
-def truncated_jpeg(folder, name="cut.jpg", seed=5):
-    """A JPEG cut to half its bytes: its header (and PIL's check) is fine, decoding it fails."""
-    write_images(folder, [(64, 64)], seed=seed)
-    png = folder / "img0.png"
-    path = folder / name
-    Image.open(png).save(path, quality=90)
-    png.unlink()
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    return path
 
 
 def epoch_batches(ds, workers, epochs=2):

@@ -1,6 +1,5 @@
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +10,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from ecdp.train import check_sync
-from test_data import write_images
-from test_train import BASE, TINY
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import BASE, TINY, free_port, write_images
 
 
 def train(tmp_path, out, processes):

@@ -6,8 +6,7 @@ import sys
 from PIL import Image
 
 from ecdp.ranks import Ranks
-from test_ddp import free_port
-from test_upscaler import random_uint8, save_tiny_model
+from helpers import free_port, random_uint8, save_tiny_model
 
 
 def torchrun(*args, cwd):

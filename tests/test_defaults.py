@@ -6,7 +6,7 @@ from ecdp.choices import DEFAULT_ENGINE
 from ecdp.cli import main
 from ecdp.modelfile import read_config
 from ecdp.upscaler import Upscaler
-from test_upscaler import random_uint8, save_tiny_model
+from helpers import random_uint8, save_tiny_model
 
 
 @pytest.fixture(scope="module")

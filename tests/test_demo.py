@@ -8,7 +8,7 @@ from PIL import Image
 from ecdp.cli import main
 from ecdp.commands.demo import PHOTOS
 from ecdp.resize import downscale
-from test_upscaler import SCALE, save_tiny_model
+from helpers import SCALE, save_tiny_model
 
 
 def test_demo_writes_strips_crops_and_lr_images(tmp_path, capsys):

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from ecdp.acceleration import GraphedSolve, prepare
+from ecdp.acceleration import prepare
 from ecdp.modelfile import ModelConfig
 from ecdp.nets import ResBlock, build
 from ecdp.pipeline import SuperResolver
@@ -220,7 +220,7 @@ def test_cli_compile_flag_reaches_torch_compile(tmp_path, compile_calls):
     from PIL import Image
 
     from ecdp.cli import main
-    from test_upscaler import save_tiny_model
+    from helpers import save_tiny_model
     model = save_tiny_model(tmp_path / "model", steps=1)
     Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(tmp_path / "in.png")
     assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--checkpoint", str(model),

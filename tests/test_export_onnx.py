@@ -5,45 +5,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
-from torch import nn
 
 from ecdp.export import ExportSpec, export_onnx, run_step_graphs
 from ecdp.export import onnx_export
 from ecdp.export.cli import main
-from ecdp.modelfile import ModelConfig, load_model, save_model
-from ecdp.nets import ResBlock, build
-from ecdp.pipeline import SuperResolver
-from ecdp.sampling import SamplerSpec
+from helpers import LR_SIZE, example_batch, pytorch_sr, save_export_model
 
-LR_SIZE = (8, 8)
 TOLERANCE = 1e-4
-
-
-def save_tiny_model(folder, seed=0):
-    """The tiny preset, its zero-initialized conv2 weights made small and random so that every block
-    contributes, saved with a heun 2-step sampler on the log-SNR grid."""
-    torch.manual_seed(seed)
-    net = build("tiny")
-    for block in net.modules():
-        if isinstance(block, ResBlock):
-            nn.init.normal_(block.conv2.weight, std=0.02)
-    save_model(folder, net, ModelConfig(sigma=0.2, solver="heun", steps=2, grid="logsnr"))
-    return folder
-
-
-def example_batch(seed=1):
-    """(lr, noise) for the tiny model at LR_SIZE, as float32 tensors."""
-    generator = torch.Generator().manual_seed(seed)
-    lr = torch.rand(1, 3, *LR_SIZE, generator=generator)
-    return lr, torch.randn(1, 3, 4 * LR_SIZE[0], 4 * LR_SIZE[1], generator=generator)
-
-
-def pytorch_sr(model, lr, noise, **overrides):
-    """The plain PyTorch pipeline's output: the reference every exported form is held to."""
-    net, config = load_model(model)
-    with torch.no_grad():
-        return SuperResolver(net, config, SamplerSpec.of(config, **overrides))(lr, noise)
 
 
 def session(path):
@@ -52,7 +20,7 @@ def session(path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model"))
+    return save_export_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from ecdp.errors import UserError
 from ecdp.export import tensorrt_upscaler
 from ecdp.export.cli import main
 from ecdp.export.trt_plan import INSTALL, NO_GPU
-from test_export_onnx import example_batch, pytorch_sr, save_tiny_model
+from helpers import example_batch, pytorch_sr, save_export_model
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="building a plan needs a CUDA GPU")
 
@@ -48,7 +48,7 @@ def test_without_gpu_the_command_says_so(tensorrt, tmp_path, capsys):
 
 @pytest.fixture
 def tiny_model(tmp_path):
-    return save_tiny_model(tmp_path / "model")
+    return save_export_model(tmp_path / "model")
 
 
 def plan_sr(plan, lr, seed):

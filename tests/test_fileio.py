@@ -2,34 +2,13 @@
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 from ecdp.errors import UserError
 from ecdp.fileio import atomic_path, check_writable, os_errors, remove_stale_temporaries
+from helpers import dead_pid
 
-def dead_pid():
-    """The id of a process that has exited."""
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
-@pytest.fixture
-def read_only(tmp_path):
-    """A folder without write permission (skips where this process may write there anyway, as root may)."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except PermissionError:
-        yield folder
-    else:
-        pytest.skip("this process writes into read-only folders (root)")
-    finally:
-        folder.chmod(0o755)
 
 
 def test_writable_folder_and_file_are_created_without_leftovers(tmp_path):

@@ -1,5 +1,4 @@
 """Real-world inputs to ``ecdp upscale`` and ``Upscaler.upscale``: depths, frames, metadata, encodings, values, sizes."""
-import io
 import struct
 import zlib
 
@@ -11,8 +10,7 @@ from PIL import ExifTags, Image, ImageCms
 
 from ecdp.images import ImageInfo, _png16, read_image
 from ecdp.upscaler import Upscaler
-from test_cli_upscale import files_under, one_line, upscale
-from test_upscaler import SCALE, random_uint8, save_tiny_model
+from helpers import SCALE, files_under, one_line, random_uint8, save_tiny_model, upscale
 
 
 @pytest.fixture(scope="module")

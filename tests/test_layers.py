@@ -6,7 +6,7 @@ from PIL import Image
 
 import ecdp.nets
 from ecdp.cli import main
-from test_upscaler import random_uint8, save_tiny_model
+from helpers import random_uint8, save_tiny_model
 
 CHAIN = ["main", "run", "Upscaler.sample", "SuperResolver.run", "solve", "heun_step", "drift_fn.<locals>.drift",
          "HybridDenoiser.__call__"]

@@ -15,7 +15,7 @@ from ecdp.nets import build
 from ecdp.resize import downscale, upscale
 from ecdp.sde import alpha
 from oracle import GaussianOracle
-from test_nets import randomize_zero_convs
+from helpers import randomize_zero_convs
 
 BENCH = Path(__file__).parents[1] / "bench" / "adjoint_memory.py"
 

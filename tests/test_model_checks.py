@@ -10,8 +10,7 @@ from safetensors.torch import load_file, save_file
 from ecdp.errors import UserError
 from ecdp.modelfile import ModelFileError, load_model
 from ecdp.upscaler import Upscaler
-from test_cli_upscale import files_under, one_line, upscale
-from test_upscaler import random_uint8, save_tiny_model
+from helpers import files_under, one_line, random_uint8, save_tiny_model, upscale
 
 
 @pytest.fixture

@@ -1,25 +1,17 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import ecdp.nets as nets
 from ecdp.nets import PRESETS, NetConfig, build, count_parameters
-
-
-def randomize_zero_convs(net: nn.Module) -> None:
-    """Give the zero-initialized conv2 of every residual block random weights."""
-    for module in net.modules():
-        if isinstance(module, nets.ResBlock):
-            nn.init.normal_(module.conv2.weight, std=0.05)
-            nn.init.normal_(module.conv2.bias, std=0.05)
+from helpers import randomize_zero_convs
 
 
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
     net = build("tiny").eval()
-    randomize_zero_convs(net)
+    randomize_zero_convs(net, bias=True)
     return net
 
 
@@ -116,9 +108,7 @@ def test_cond_resize_and_projection_commute(tiny):
 def test_conditioning_at_lr_equals_the_papers_order_in_the_denoiser(tiny):
     """The one conditioning (projected at LR, resized once per image) gives the denoiser's output of
     the paper's order (resize, then project) in fp32."""
-    for blk in tiny.modules():
-        if isinstance(blk, nets.ResBlock):
-            nn.init.normal_(blk.conv2.weight, std=0.05)
+    randomize_zero_convs(tiny)
     y, z_t, t = inputs(scale=4, batch=2)
     with torch.no_grad():
         features = tiny.encoder(y)

@@ -7,7 +7,7 @@ from ecdp.errors import UserError
 from ecdp.resize import upscale
 from ecdp.sde import NOISE_BLOCK, seeded_prior
 from ecdp.upscaler import AUTO_TILE, Upscaler
-from test_upscaler import SCALE, save_tiny_model
+from helpers import SCALE, save_tiny_model
 
 
 @pytest.fixture(scope="module")

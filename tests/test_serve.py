@@ -33,7 +33,7 @@ pytest.importorskip("prometheus_client")
 from ecdp.cli import main   # noqa: E402
 from ecdp.serve.batching import Batcher, QueueFull   # noqa: E402
 from ecdp.upscaler import Upscaler   # noqa: E402
-from test_upscaler import save_tiny_model   # noqa: E402
+from helpers import save_tiny_model
 
 ROOT = Path(__file__).parent.parent
 SIZES = ((8, 8), (12, 16), (16, 12))   # LR (height, width)

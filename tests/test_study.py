@@ -4,7 +4,7 @@ import json
 from bench import ablation, sampler_study
 from ecdp.modelfile import DEFAULT_MODEL
 from ecdp.sampling import EVALS_PER_STEP
-from test_data import write_images
+from helpers import write_images
 
 
 def _row(setting, nfe, *psnrs):

@@ -19,7 +19,7 @@ import torch
 from ecdp.speed import bf16_supported
 from ecdp.tiling import sample_tiled, tile_starts
 from ecdp.upscaler import Upscaler
-from test_upscaler import SCALE, recorded, save_tiny_model
+from helpers import SCALE, recorded, save_tiny_model
 
 SIZE, TILE, OVERLAP, STEPS = 40, 24, 8, 2
 

@@ -15,27 +15,9 @@ from ecdp.modelfile import ENCODER_FILE, load_model
 from ecdp.nets import PRESETS, RRDBEncoder
 from ecdp.ranks import Ranks
 from ecdp.train import Trainer, _freeze_unused, latest_checkpoint, lr_factor, train
-from test_data import write_images
+from helpers import BASE, TINY, tensors
 
-TINY = str(Path(__file__).parent.parent / "configs" / "tiny.yaml")
-BASE = ["data.crop=32", "train.batch=2", "data.workers=0", "data.sigma_crops=4", "train.log_every=1",
-        "train.checkpoint_every=2", "train.warmup=2"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    write_images(folder, [(48, 40), (40, 56), (64, 48)])
-    return folder
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def config(images, *overrides):
     return load_config(TINY, [*BASE, f"data.hr={images}", *overrides])
@@ -43,11 +25,6 @@ def config(images, *overrides):
 
 def run(images, out, stage="score", *overrides, resume=False):
     train(config(images, *overrides), stage=stage, out=out, resume=resume, device="cpu")
-
-
-def tensors(out, step):
-    folder = Path(out) / "checkpoints" / f"step-{step:08d}"
-    return {name: load_file(str(folder / f"{name}.safetensors")) for name in ("model", "ema", "optimizer")}
 
 
 def state(out, step):

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from ecdp.cli import main
 from ecdp.export import cli as export_cli
 from ecdp.export import onnx_export
-from test_data import truncated_jpeg, write_images
-from test_fileio import dead_pid, read_only  # noqa: F401 (fixture)
-from test_train import BASE, TINY, images, one_thread, tensors  # noqa: F401 (fixtures)
+from helpers import BASE, TINY, dead_pid, tensors, truncated_jpeg, write_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).parent.parent
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from ecdp.modelfile import load_model
 from ecdp.nets import PRESETS
-from test_data import write_images
+from helpers import write_images
 
 ROOT = Path(__file__).parent.parent
 CPU_SIZED = ["encoder_stage.minutes=1e-9", "train.minutes=1e-9", "quality_stage.minutes=1e-9", "train.log_every=1",

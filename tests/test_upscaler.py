@@ -3,49 +3,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
 
 from ecdp.errors import UserError
-from ecdp.modelfile import ModelConfig, load_model, save_model
-from ecdp.nets import PRESETS, ResBlock, build
+from ecdp.nets import PRESETS
 from ecdp.resize import upscale
 from ecdp.upscaler import Upscaler
-
-SCALE = 4
-
-
-def save_tiny_model(folder, net=PRESETS["tiny"], **config):
-    """A tiny model with non-trivial outputs: conv2 (zero-init) and the head get small random weights.
-
-    With the default head the network outputs are close to 0, and the hybrid ODE then leaves the
-    prior noise almost unchanged, so the image would hardly depend on the network.
-    """
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build(net)
-        for block in model.modules():
-            if isinstance(block, ResBlock):
-                nn.init.normal_(block.conv2.weight, std=0.05)
-        nn.init.normal_(model.denoiser.head_conv.weight, std=0.05)
-    config = {"solver": "euler", "steps": 2, "grid": "logsnr", **config}
-    save_model(folder, model, ModelConfig(net=net, scale=SCALE, **config))
-    return folder
-
-
-def recorded(model, **options):
-    """An Upscaler (reference engine: the network is called as it is) whose network records the
-    shapes its encoder and its denoiser are given, in ``net.encoded`` and ``net.denoised``."""
-    net, config = load_model(model)
-    net.encoded, net.denoised = [], []
-    net.encoder.register_forward_pre_hook(lambda module, args: net.encoded.append(tuple(args[0].shape)))
-    net.denoiser.register_forward_pre_hook(lambda module, args: net.denoised.append(tuple(args[0].shape)))
-    return Upscaler.from_model(net, config, **{"engine": "reference", **options})
-
-
-def random_uint8(shape, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-
+from helpers import SCALE, image_of_mode, random_uint8, recorded, save_tiny_model
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
@@ -57,14 +20,7 @@ def upscaler(model):
     return Upscaler.from_pretrained(model)
 
 
-def image_of_mode(mode, w=12, h=10):
-    """A random PIL image of `mode` (P: 16 colors)."""
-    if mode == "I;16":
-        return Image.fromarray(np.random.default_rng(0).integers(0, 65536, (h, w), dtype=np.uint16))
-    rgba = Image.fromarray(random_uint8((h, w, 4)))
-    if mode == "P":
-        return rgba.convert("RGB").quantize(16)
-    return rgba.convert(mode)
+
 
 
 @pytest.mark.parametrize("mode, out_mode", [("RGB", "RGB"), ("L", "L"), ("RGBA", "RGBA"), ("LA", "LA"),
