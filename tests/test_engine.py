@@ -196,16 +196,24 @@ def test_cli_compile_flag_reaches_torch_compile(tmp_path, compile_calls):
 @pytest.mark.parametrize("grid", ["uniform", "logsnr"])
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dpmpp2m"])
 def test_fused_ode_solve_matches_the_reference_in_float64(tiny, solver, grid):
-    """The fused solve (coefficient table, ode_update per NFE) against ecdp.sampling.solve of the
-    same network in float64: within 5e-5, closer than the fp32 reference itself comes."""
+    """The fused solve (coefficient table folded in float64, ode_update per NFE) against
+    ecdp.sampling.solve of the same network in float64. Both fp32 solves carry the network's fp32
+    rounding; the fused update adds at most 7 ulp of its terms per NFE (tests/test_kernels.py),
+    where the unfused one divides by sqrt(1 - alpha) and cancels terms of size beta / 2 |z|: the
+    fused solve comes within 1e-5 (|z| <= 5 here: about 20 fp32 ulp of z) and no further than the
+    unfused one, up to 1e-6 of rounding noise."""
     config = ModelConfig(sigma=0.2)
+    spec = SamplerSpec(solver=solver, steps=4, grid=grid)
     y, z1 = _inputs(batch=2, size=8)
     with torch.inference_mode():
-        truth, nfe = SuperResolver(copy.deepcopy(tiny).double(), config, SamplerSpec(solver=solver, steps=4, grid=grid)).latent(y.double(), z1.double())
-        resolver = fast_resolver(tiny, config, SamplerSpec(solver=solver, steps=4, grid=grid), fused_ode=True)
+        truth, nfe = SuperResolver(copy.deepcopy(tiny).double(), config, spec).latent(y.double(), z1.double())
+        resolver = fast_resolver(tiny, config, spec, fused_ode=True)
         fused, fused_nfe = resolver.latent(y, z1)
+        unfused = fast_resolver(tiny, config, spec, fused_ode=False).latent(y, z1)[0]
     assert resolver.uses_fused(z1) and fused_nfe == nfe
-    assert (fused.double() - truth).abs().max().item() <= 5e-5
+    fused_error = (fused.double() - truth).abs().max().item()
+    assert fused_error <= 1e-5
+    assert fused_error <= (unfused.double() - truth).abs().max().item() + 1e-6
 
 
 def test_fused_ode_is_off_by_default_on_the_cpu(tiny):
