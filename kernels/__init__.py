@@ -44,16 +44,16 @@ def enabled():
 
 @functools.cache
 def _triton():
-    """The Triton kernel modules, or None when Triton does not import.
+    """The Triton kernel modules (triton_gn, triton_ode, triton_gn_nhwc), or None when Triton does not import.
 
     Imported on first use: Triton fixes interpreter or compiled mode when a kernel (its own
     library included) is defined, so TRITON_INTERPRET=1 must be set before triton is imported.
     """
     try:
-        from ecdp.kernels import triton_gn, triton_ode
+        from ecdp.kernels import triton_gn, triton_gn_nhwc, triton_ode
     except ImportError:
         return None
-    return triton_gn, triton_ode
+    return triton_gn, triton_ode, triton_gn_nhwc
 
 
 def triton_available():

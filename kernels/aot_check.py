@@ -18,7 +18,9 @@ variant while compiling in about a minute on 2 cores:
 - offsets past int32: the paper preset at LR 1024 -> HR 4096, batch 1, untiled (NCHW bf16 and
   channels_last fp32, one Euler step), whose largest GroupNorm input holds 3.2e9 elements.
 
-Every launch is checked for a grid over CUDA's limits and for offsets past int32 that its variant
+Meta convolutions return the layout cuDNN gives (``launches.CudnnLayouts``), so the channels_last
+cases launch the kernels' NHWC variants; the check fails when none is recorded. Every launch is
+checked for a grid over CUDA's limits and for offsets past int32 that its variant
 computes in 32 bits. The launches are then deduplicated by Triton's own specialization key (the
 kernel, its constexprs, argument types, and the integer and pointer specializations: equal to 1,
 divisible by 16) and each distinct variant is compiled for every target (sm_90 and sm_80 by
@@ -180,7 +182,7 @@ def _variant(arch, launch, label, **figures):
     constexprs = {k: v for k, v in launch.options.items() if k != "num_warps"}
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in launch.args if isinstance(t, torch.Tensor)})
     return dict(arch=arch, kernel=launch.name, constexprs=constexprs, num_warps=launch.options.get("num_warps"),
-                tensor_dtypes=dtypes, first_case=label, launches=1, **figures)
+                tensor_dtypes=dtypes, nhwc=launch.channels_inner, first_case=label, launches=1, **figures)
 
 
 def findings(variant):
@@ -207,6 +209,8 @@ def run(archs):
             launches.append((str(case), launch))
     recorded = time.perf_counter() - start
     variants = compile_variants(launches, archs)
+    if not any(v["nhwc"] for v in variants):
+        failures.append("no channels_last (NHWC) variant recorded: the channels_last cases reached the kernels in NCHW")
     for v in variants:
         failures += [f"sm_{v['arch']} {v['kernel']} {v['constexprs']} ({v['first_case']}): {problem}"
                      for problem in findings(v)]
@@ -216,13 +220,14 @@ def run(archs):
 
 
 def summary(report):
+    nhwc = sum(v["nhwc"] for v in report["variants"])
     lines = [f"{report['cases']} solves, {report['launches']} launches recorded in "
              f"{report['record_seconds']:.1f} s; {len(report['variants'])} variants compiled in "
-             f"{report['total_seconds'] - report['record_seconds']:.1f} s"]
-    lines.append("arch | kernel | warps | constexprs | tensors | regs | stack | spills | shared | launches")
+             f"{report['total_seconds'] - report['record_seconds']:.1f} s, {nhwc} of them NHWC (channels_last)"]
+    lines.append("arch | kernel | layout | warps | constexprs | tensors | regs | stack | spills | shared | launches")
     for v in report["variants"]:
         constexprs = ",".join(f"{k}={int(x) if isinstance(x, bool) else x}" for k, x in v["constexprs"].items())
-        lines.append(f"sm_{v['arch']} | {v['kernel']} | {v['num_warps']} | {constexprs} | "
+        lines.append(f"sm_{v['arch']} | {v['kernel']} | {'nhwc' if v['nhwc'] else 'nchw'} | {v['num_warps']} | {constexprs} | "
                      f"{'/'.join(v['tensor_dtypes'])} | {v.get('registers')} | {v.get('stack')} | "
                      f"{v.get('spill_stores')}/{v.get('spill_loads')} | {v.get('shared')} | {v['launches']}")
     return "\n".join(lines)

@@ -92,10 +92,12 @@ def test_triton_ode_update_at_hr_256(batch):
             kw = dict(base=z_n if stage.uses_base else None, acc=acc if stage.uses_acc else None)
             got = kernels._triton()[1].ode_update(*inputs, row.expand(batch, -1), write_acc=stage.writes_acc, **kw)
             expected = reference.ode_update(*inputs, row.expand(batch, -1), write_acc=stage.writes_acc, **kw)
+            kw64 = {k: _float64(v) for k, v in kw.items()}
+            kw_abs = {k: _float64(v, torch.abs) for k, v in kw.items()}
             exact = reference.ode_update(*map(_float64, inputs), row64.expand(batch, -1), write_acc=stage.writes_acc,
-                                         **{k: _float64(v) for k, v in kw.items()})
+                                         **kw64)
             size = reference.ode_update(*(_float64(x, torch.abs) for x in inputs), row64.abs().expand(batch, -1),
-                                        write_acc=stage.writes_acc, **{k: _float64(v, torch.abs) for k, v in kw.items()})
+                                        write_acc=stage.writes_acc, **kw_abs)
             for a, b, e, s in zip(got, expected, exact, size):
                 if e is None:
                     continue

@@ -157,6 +157,47 @@ def test_group_norm_silu_backward(triton_calls):
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-4)
 
 
+# The NHWC slab kernels: one slab of one tile, many slabs of one tile each, few slabs of many tiles.
+NHWC_SCHEDULES = {"one_slab": dict(TILE=2048, TARGET_PROGRAMS=264), "tile_slabs": dict(TILE=128, TARGET_PROGRAMS=264),
+                  "long_slabs": dict(TILE=32, TARGET_PROGRAMS=3)}
+
+
+@pytest.mark.parametrize("schedule", list(NHWC_SCHEDULES), ids=list(NHWC_SCHEDULES))
+@pytest.mark.parametrize("shape", GN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_group_norm_silu_nhwc_kernels(schedule, shape, channels_last, monkeypatch):
+    """The slab kernels (ecdp::group_norm_silu_nhwc) against the reference, the statistics merged
+    across slabs and accumulated across the tiles of a slab."""
+    _check_nhwc(schedule, shape, torch.float32, channels_last, True, "other", monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
+@pytest.mark.parametrize("add_channel,add", [(False, None), (False, "same"), (True, None)],
+                         ids=["plain", "add", "add_channel"])
+def test_group_norm_silu_nhwc_kernels_dtypes_and_adds(dtype, add_channel, add, monkeypatch):
+    _check_nhwc("tile_slabs", GN_SHAPES[1], dtype, True, add_channel, add, monkeypatch)
+
+
+def _check_nhwc(schedule, shape, dtype, channels_last, add_channel, add, monkeypatch):
+    module = kernels._triton()[2]
+    for name, value in NHWC_SCHEDULES[schedule].items():
+        monkeypatch.setattr(module, name, value)
+    B, C, H, W, groups = shape
+    inputs = _gn_inputs(B, C, H, W, dtype, channels_last, add_channel, add)
+    got = torch.ops.ecdp.group_norm_silu_nhwc(groups=groups, **inputs)
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    _assert_close(got, reference.group_norm_silu(groups=groups, **inputs), dtype)
+
+
+def test_group_norm_silu_nhwc_statistics_resist_cancellation():
+    """A mean 1e4 times the spread: shifted per-thread sums keep fp32 variance accurate."""
+    x = _randn(2, 16, 9, 9, seed=7, shift=1e4).to(memory_format=torch.channels_last)
+    weight, bias = torch.ones(16), torch.zeros(16)
+    got = kernels._triton()[2].group_norm_silu(x, weight, bias, 4, silu=False)
+    expected = reference.group_norm_silu(x.double(), weight.double(), bias.double(), 4, silu=False)
+    assert (got.double() - expected).abs().max().item() <= 1e-2
+
+
 # ---------------------------------------------------------------------------------------------
 # ode_update
 
@@ -223,7 +264,8 @@ def test_ode_update(use, dtype, param):
     got = kernels._triton()[1].ode_update(*inputs, coef, out=out, acc_out=acc_out, **kwargs)
     assert got[0] is out and got[1] is acc_out
     _assert_ode_close(got, inputs, coef64, kwargs, dtype)
-    _assert_ode_close(reference.ode_update(*inputs, coef, write_acc=writes_acc, **kwargs), inputs, coef64, kwargs, dtype)
+    expected = reference.ode_update(*inputs, coef, write_acc=writes_acc, **kwargs)
+    _assert_ode_close(expected, inputs, coef64, kwargs, dtype)
 
 
 def test_folded_coefficients_are_exact_where_the_mathematics_is():
