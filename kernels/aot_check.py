@@ -16,7 +16,9 @@ variant while compiling in about a minute on 2 cores:
   and DPM-Solver++(2M) (3 steps: first and second order) on the tiny preset, so every stage kind
   of every fixed-step solver at HR 256 and 1024 (the ODE update sees only the HR state and heads);
 - offsets past int32: the paper preset at LR 1024 -> HR 4096, batch 1, untiled (NCHW bf16 and
-  channels_last fp32, one Euler step), whose largest GroupNorm input holds 3.2e9 elements.
+  channels_last fp32, one Euler step), whose largest GroupNorm input holds 3.2e9 elements;
+- the slab GroupNorm (``triton_gn_nhwc``, which no dispatcher uses by default) at every site of the
+  paper preset, channels_last, batch 1 and 8, each dtype, and at LR 1024 (bf16, offsets past int32).
 
 Meta convolutions return the layout cuDNN gives (``launches.CudnnLayouts``), so the channels_last
 cases launch the kernels' NHWC variants; the check fails when none is recorded. Every launch is
@@ -47,6 +49,7 @@ NETWORKS = [("paper", 64), ("tiny", 64), ("tiny", 256)]
 BATCHES = (1, 8)
 SOLVERS = [("euler", 1), ("heun", 1), ("rk4", 1), ("dpmpp2m", 3)]
 LARGE = [("paper", 1024, 1, "bf16", False), ("paper", 1024, 1, "fp32", True)]
+SLAB_GN = [("paper", 64, batch, dtype) for batch in BATCHES for dtype in DTYPES] + [("paper", 1024, 1, "bf16")]
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,12 @@ class Case:
     channels_last: bool
     solver: str
     steps: int
+    slab_gn: bool = False   # every GroupNorm on triton_gn_nhwc (not a dispatcher's default)
 
     def __str__(self):
         layout = "nhwc" if self.channels_last else "nchw"
-        return f"{self.preset} {self.lr}px b{self.batch} {self.dtype} {layout} {self.solver}x{self.steps}"
+        gn = " slab-gn" if self.slab_gn else ""
+        return f"{self.preset} {self.lr}px b{self.batch} {self.dtype} {layout} {self.solver}x{self.steps}{gn}"
 
 
 def cases():
@@ -74,6 +79,7 @@ def cases():
              for solver, steps in (SOLVERS if preset == "tiny" else SOLVERS[:1])]
     found += [Case(preset, lr, batch, dtype, channels_last, "euler", 1)
               for preset, lr, batch, dtype, channels_last in LARGE]
+    found += [Case(preset, lr, batch, dtype, True, "euler", 1, slab_gn=True) for preset, lr, batch, dtype in SLAB_GN]
     return found
 
 
@@ -107,13 +113,21 @@ def _meta_resolver(case):
 
 def record(case):
     """The Launches of one solve of `case`."""
+    from ecdp import nets
+    from ecdp.kernels import triton_gn_nhwc
     from ecdp.kernels.launches import recording
 
     resolver = _meta_resolver(case)
     y = torch.empty(case.batch, 3, case.lr, case.lr, device="meta")
     z1 = torch.empty(resolver.noise_shape(y), device="meta")
-    with recording() as launches, torch.inference_mode():
-        resolver.latent(y, z1)
+    group_norm = nets.group_norm_silu
+    try:
+        if case.slab_gn:
+            nets.group_norm_silu = triton_gn_nhwc.launch
+        with recording() as launches, torch.inference_mode():
+            resolver.latent(y, z1)
+    finally:
+        nets.group_norm_silu = group_norm
     return launches
 
 
