@@ -5,8 +5,8 @@ folded in float64 (the formulas and the layout are in ecdp.kernels.ode_coef): fi
 per element and no division. Every image tensor is addressed as (batch, channel, spatial) with
 its own strides, so the network's head outputs (channel slices of one 6-channel tensor) are read
 in place. A program handles BLOCK positions of one (sample, channel); it reads each input element
-once and writes each output once, so outputs may alias inputs. Offsets within a sample are 32-bit unless one passes int32, then
-64-bit (``layout.needs_offset64``).
+once and writes each output once, so outputs may alias inputs. Offsets within a sample are 32-bit
+unless one passes int32, then 64-bit (``layout.needs_offset64``).
 """
 import math
 

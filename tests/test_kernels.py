@@ -268,6 +268,40 @@ def test_ode_update(use, dtype, param):
     _assert_ode_close(expected, inputs, coef64, kwargs, dtype)
 
 
+def _fp32(x):
+    return x.float().double()
+
+
+def _fused_multiply_adds(coef, inputs, base, acc):
+    """ode_update as a GPU runs the kernel: fp32 fused multiply-adds (one rounding each), emulated in
+    float64, where the fp32 product of two fp32 numbers is exact."""
+    z, eps, z0 = (x.double() for x in inputs)
+    c = [_fp32(v).reshape(-1, 1, 1, 1) for v in coef.unbind(-1)]
+    z_out = _fp32(c[2] * z0 + _fp32(c[1] * eps + _fp32(c[0] * z)))
+    z_out = _fp32(c[3] * (z if base is None else base.double()) + z_out)
+    acc_out = _fp32(c[7] * z0 + _fp32(c[6] * eps + _fp32(c[5] * z)))
+    if acc is not None:
+        z_out, acc_out = _fp32(c[4] * acc.double() + z_out), _fp32(c[8] * acc.double() + acc_out)
+    return z_out.float(), acc_out.float()
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dpmpp2m"])
+def test_ode_bound_holds_for_fused_multiply_adds(solver):
+    """The bound of _assert_ode_close (and of tests/test_cuda.py's check at HR 256) for the order in
+    which a GPU contracts the kernel's arithmetic, on every row of a solve from t = 1."""
+    ts = torch.linspace(1.0, 1e-3, 4, dtype=torch.float64)
+    stages, _, coef = kernels.solver_table(solver, ts)
+    coef64 = kernels.solver_table(solver, ts, dtype=torch.float64)[2]
+    head = _randn(2, 6, 32, 32, seed=1)
+    z, z_n, acc = (_randn(2, 3, 32, 32, seed=s) for s in (2, 3, 4))
+    inputs = (z, head[:, :3], head[:, 3:])
+    for stage, row, row64 in zip(stages, coef, coef64):
+        kwargs = dict(base=z_n if stage.uses_base else None, acc=acc if stage.uses_acc else None)
+        z_out, acc_out = _fused_multiply_adds(row.expand(2, -1), inputs, **kwargs)
+        _assert_ode_close((z_out, acc_out if stage.writes_acc else None), inputs, row64.expand(2, -1), kwargs,
+                          torch.float32)
+
+
 def test_folded_coefficients_are_exact_where_the_mathematics_is():
     """Under the hybrid parametrization with c = 1 the drift does not depend on z_t: the z_t
     coefficient of every Euler and RK row is exactly 0 (the unfolded formula cancels two terms of
