@@ -7,6 +7,10 @@
   Euler / Heun / RK4 / DPM-Solver++(2M) update in one pass; coefficients from ``ode_coef``
   (``solver_table``: a whole fixed-step solve, one row per network evaluation).
 
+``triton_gn_nhwc.group_norm_silu`` (the operator ``ecdp::group_norm_silu_nhwc``, which
+torch.compile keeps) computes the same GroupNorm + SiLU with one program per slab of pixels x all
+channels, built for channels_last; the dispatcher does not use it.
+
 Dispatch: the Triton kernels run on CUDA tensors, and on any tensor when ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter); everything else, and everything when Triton is not installed, runs the
 reference. ``set_enabled(False)`` or the environment variable ``ECDP_KERNELS=0`` routes every call
