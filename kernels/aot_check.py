@@ -241,7 +241,8 @@ def summary(report):
     lines.append("arch | kernel | layout | warps | constexprs | tensors | regs | stack | spills | shared | launches")
     for v in report["variants"]:
         constexprs = ",".join(f"{k}={int(x) if isinstance(x, bool) else x}" for k, x in v["constexprs"].items())
-        lines.append(f"sm_{v['arch']} | {v['kernel']} | {'nhwc' if v['nhwc'] else 'nchw'} | {v['num_warps']} | {constexprs} | "
+        layout = "nhwc" if v["nhwc"] else "nchw"
+        lines.append(f"sm_{v['arch']} | {v['kernel']} | {layout} | {v['num_warps']} | {constexprs} | "
                      f"{'/'.join(v['tensor_dtypes'])} | {v.get('registers')} | {v.get('stack')} | "
                      f"{v.get('spill_stores')}/{v.get('spill_loads')} | {v.get('shared')} | {v['launches']}")
     return "\n".join(lines)

@@ -76,7 +76,8 @@ class CudnnLayouts(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func.overloadpacket in _CONVOLUTIONS and out.is_meta and (_channels_last(args[0]) or _channels_last(args[1])):
+        convolution = func.overloadpacket in _CONVOLUTIONS and out.is_meta
+        if convolution and (_channels_last(args[0]) or _channels_last(args[1])):
             out = out.contiguous(memory_format=torch.channels_last)
         return out
 

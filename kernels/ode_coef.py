@@ -76,9 +76,9 @@ def ode_coef(t, *, param="hybrid", c=1.0, z_base=1.0, z_f=0.0, z_x0=0.0, z_acc=0
     """
     t = torch.as_tensor(t).double()
     (f_z, f_eps, f_z0), (x0_z, x0_eps, x0_z0) = model_coef(t, param, c)
-    solver = [v.double() if isinstance(v, torch.Tensor) else torch.full_like(t, v)
-              for v in (z_base, z_f, z_x0, z_acc, acc_acc, acc_f, acc_x0)]
-    z_base, z_f, z_x0, z_acc, acc_acc, acc_f, acc_x0 = solver
+    z_base, z_f, z_x0, z_acc, acc_acc, acc_f, acc_x0 = (
+        v.double() if isinstance(v, torch.Tensor) else torch.full_like(t, v)
+        for v in (z_base, z_f, z_x0, z_acc, acc_acc, acc_f, acc_x0))
     columns = [z_f * f_z + z_x0 * x0_z, z_f * f_eps + z_x0 * x0_eps, z_f * f_z0 + z_x0 * x0_z0, z_base, z_acc,
                acc_f * f_z + acc_x0 * x0_z, acc_f * f_eps + acc_x0 * x0_eps, acc_f * f_z0 + acc_x0 * x0_z0, acc_acc]
     return torch.stack(torch.broadcast_tensors(*columns), dim=-1).to(dtype)

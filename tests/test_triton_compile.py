@@ -11,7 +11,8 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from ecdp.kernels import triton_gn, triton_gn_nhwc, triton_ode  # noqa: E402,F401  (triton_gn_nhwc registers its operator)
+# importing triton_gn_nhwc registers its operator
+from ecdp.kernels import triton_gn, triton_gn_nhwc, triton_ode  # noqa: E402,F401
 
 SM90 = GPUTarget("cuda", 90, 32)
 
