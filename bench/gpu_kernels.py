@@ -5,7 +5,9 @@
 GroupNorm + SiLU (at the residual block's second site: x + time projection + conditioning): the
 Triton kernel against the exact reference, then timed against eager ``F.group_norm`` + ``F.silu``
 (same adds, input dtype), ``torch.compile`` of that eager function, and the project's reference
-(fp32 statistics through an fp32 copy, what the network runs with kernels off). Throughput in GB/s
+(fp32 statistics through an fp32 copy, what the network runs with kernels off); on CUDA also the slab
+kernels (``ecdp::group_norm_silu_nhwc``, ecdp.kernels.triton_gn_nhwc), checked against the reference
+at the adds site. Throughput in GB/s
 counts the bytes read once (x, add, add_channel) and written once (the output), and is also given as
 a fraction of a device-to-device copy of x measured in the same run. Tensors under the L2 size
 partly stay in cache, for the copy as for the kernels.
@@ -162,6 +164,12 @@ def _bench_gn_case(args, triton_gn, reference, dtype_name, dtype, batch, C, H, W
     if not args.no_compile:
         compiled = torch.compile(eager_gn, dynamic=False)
         candidates["compile"] = lambda: compiled(x, weight_d, bias_d, groups, add_channel, add)
+    if DEVICE == "cuda":   # the slab kernels have no CPU fallback
+        from ecdp.kernels.triton_gn_nhwc import group_norm_silu as slab
+        expected = reference.group_norm_silu(x, weight, bias, groups, add_channel=add_channel, add=add)
+        row["error_slab"], row["pass_slab"] = max_error(slab(x, weight, bias, groups, add_channel, add), expected,
+                                                        dtype_name)
+        candidates["slab"] = lambda: slab(x, weight, bias, groups, add_channel, add)
     row["copy_gbs"] = copy_gbs
     for name, fn in candidates.items():
         ms = cuda_time_ms(fn, args.warmup, args.reps)
@@ -257,7 +265,7 @@ def main(argv=None):
     ode = bench_ode(args, kernels, triton_ode, reference)
     gn_cols = ["dtype", "batch", "channels", "height", "layout", "pass_plain", "pass_adds", "error_adds",
                "copy_gbs", "triton_us", "triton_gbs", "triton_of_copy", "eager_us", "eager_of_copy",
-               "compile_us", "compile_of_copy", "reference_us"]
+               "compile_us", "compile_of_copy", "reference_us", "pass_slab", "slab_us", "slab_of_copy"]
     ode_cols = ["use", "dtype", "batch", "passed", "error", "fused_us", "fused_gbs", "eager_us", "compile_us"]
     print(f"## GroupNorm + SiLU ({torch.cuda.get_device_name()})\n")
     print(markdown(gn, [c for c in gn_cols if not (args.no_compile and c.startswith("compile"))]))

@@ -7,6 +7,10 @@
   Euler / Heun / RK4 / DPM-Solver++(2M) update in one pass; coefficients from ``ode_coef``
   (``solver_table``: a whole fixed-step solve, one row per network evaluation).
 
+``triton_gn_nhwc.group_norm_silu`` (the operator ``ecdp::group_norm_silu_nhwc``, which
+torch.compile keeps) computes the same GroupNorm + SiLU with one program per slab of pixels x all
+channels, built for channels_last; the dispatcher does not use it.
+
 Dispatch: the Triton kernels run on CUDA tensors, and on any tensor when ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter); everything else, and everything when Triton is not installed, runs the
 reference. torch.compile, ONNX export and TorchScript tracing always see the reference (Inductor
@@ -27,16 +31,16 @@ __all__ = ["group_norm_silu", "ode_update", "triton_available",
 
 @functools.cache
 def _triton():
-    """The Triton kernel modules, or None when Triton does not import.
+    """The Triton kernel modules (triton_gn, triton_ode, triton_gn_nhwc), or None when Triton does not import.
 
     Imported on first use: Triton fixes interpreter or compiled mode when a kernel (its own
     library included) is defined, so TRITON_INTERPRET=1 must be set before triton is imported.
     """
     try:
-        from ecdp.kernels import triton_gn, triton_ode
+        from ecdp.kernels import triton_gn, triton_gn_nhwc, triton_ode
     except ImportError:
         return None
-    return triton_gn, triton_ode
+    return triton_gn, triton_ode, triton_gn_nhwc
 
 
 def triton_available():

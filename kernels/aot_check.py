@@ -16,9 +16,13 @@ variant while compiling in about a minute on 2 cores:
   and DPM-Solver++(2M) (3 steps: first and second order) on the tiny preset, so every stage kind
   of every fixed-step solver at HR 256 and 1024 (the ODE update sees only the HR state and heads);
 - offsets past int32: the paper preset at LR 1024 -> HR 4096, batch 1, untiled (NCHW bf16 and
-  channels_last fp32, one Euler step), whose largest GroupNorm input holds 3.2e9 elements.
+  channels_last fp32, one Euler step), whose largest GroupNorm input holds 3.2e9 elements;
+- the slab GroupNorm (``triton_gn_nhwc``, which no dispatcher uses by default) at every site of the
+  paper preset, channels_last, batch 1 and 8, each dtype, and at LR 1024 (bf16, offsets past int32).
 
-Every launch is checked for a grid over CUDA's limits and for offsets past int32 that its variant
+Meta convolutions return the layout cuDNN gives (``launches.CudnnLayouts``), so the channels_last
+cases launch the kernels' NHWC variants; the check fails when none is recorded. Every launch is
+checked for a grid over CUDA's limits and for offsets past int32 that its variant
 computes in 32 bits. The launches are then deduplicated by Triton's own specialization key (the
 kernel, its constexprs, argument types, and the integer and pointer specializations: equal to 1,
 divisible by 16) and each distinct variant is compiled for every target (sm_90 and sm_80 by
@@ -45,6 +49,7 @@ NETWORKS = [("paper", 64), ("tiny", 64), ("tiny", 256)]
 BATCHES = (1, 8)
 SOLVERS = [("euler", 1), ("heun", 1), ("rk4", 1), ("dpmpp2m", 3)]
 LARGE = [("paper", 1024, 1, "bf16", False), ("paper", 1024, 1, "fp32", True)]
+SLAB_GN = [("paper", 64, batch, dtype) for batch in BATCHES for dtype in DTYPES] + [("paper", 1024, 1, "bf16")]
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,12 @@ class Case:
     channels_last: bool
     solver: str
     steps: int
+    slab_gn: bool = False   # every GroupNorm on triton_gn_nhwc (not a dispatcher's default)
 
     def __str__(self):
         layout = "nhwc" if self.channels_last else "nchw"
-        return f"{self.preset} {self.lr}px b{self.batch} {self.dtype} {layout} {self.solver}x{self.steps}"
+        gn = " slab-gn" if self.slab_gn else ""
+        return f"{self.preset} {self.lr}px b{self.batch} {self.dtype} {layout} {self.solver}x{self.steps}{gn}"
 
 
 def cases():
@@ -72,6 +79,7 @@ def cases():
              for solver, steps in (SOLVERS if preset == "tiny" else SOLVERS[:1])]
     found += [Case(preset, lr, batch, dtype, channels_last, "euler", 1)
               for preset, lr, batch, dtype, channels_last in LARGE]
+    found += [Case(preset, lr, batch, dtype, True, "euler", 1, slab_gn=True) for preset, lr, batch, dtype in SLAB_GN]
     return found
 
 
@@ -93,11 +101,17 @@ def _meta_resolver(case):
 
 def record(case):
     """The Launches of one solve of `case`."""
+    from ecdp import nets
+    from ecdp.kernels import triton_gn_nhwc
     from ecdp.kernels.launches import recording
 
     resolver = _meta_resolver(case)
     y = torch.empty(case.batch, 3, case.lr, case.lr, device="meta")
     z1 = torch.empty(resolver.noise_shape(y), device="meta")
+    if case.slab_gn:
+        for module in resolver.net.modules():
+            if isinstance(module, nets.GroupNormSiLU):
+                module.impl = triton_gn_nhwc.launch
     with recording() as launches, torch.inference_mode():
         resolver.run(y, z1, mu=torch.empty_like(z1))
     return launches
@@ -168,7 +182,7 @@ def _variant(arch, launch, label, **figures):
     constexprs = {k: v for k, v in launch.options.items() if k != "num_warps"}
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in launch.args if isinstance(t, torch.Tensor)})
     return dict(arch=arch, kernel=launch.name, constexprs=constexprs, num_warps=launch.options.get("num_warps"),
-                tensor_dtypes=dtypes, first_case=label, launches=1, **figures)
+                tensor_dtypes=dtypes, nhwc=launch.channels_inner, first_case=label, launches=1, **figures)
 
 
 def findings(variant):
@@ -195,6 +209,8 @@ def run(archs):
             launches.append((str(case), launch))
     recorded = time.perf_counter() - start
     variants = compile_variants(launches, archs)
+    if not any(v["nhwc"] for v in variants):
+        failures.append("no channels_last (NHWC) variant recorded: the channels_last cases reached the kernels in NCHW")
     for v in variants:
         failures += [f"sm_{v['arch']} {v['kernel']} {v['constexprs']} ({v['first_case']}): {problem}"
                      for problem in findings(v)]
@@ -204,13 +220,15 @@ def run(archs):
 
 
 def summary(report):
+    nhwc = sum(v["nhwc"] for v in report["variants"])
     lines = [f"{report['cases']} solves, {report['launches']} launches recorded in "
              f"{report['record_seconds']:.1f} s; {len(report['variants'])} variants compiled in "
-             f"{report['total_seconds'] - report['record_seconds']:.1f} s"]
-    lines.append("arch | kernel | warps | constexprs | tensors | regs | stack | spills | shared | launches")
+             f"{report['total_seconds'] - report['record_seconds']:.1f} s, {nhwc} of them NHWC (channels_last)"]
+    lines.append("arch | kernel | layout | warps | constexprs | tensors | regs | stack | spills | shared | launches")
     for v in report["variants"]:
         constexprs = ",".join(f"{k}={int(x) if isinstance(x, bool) else x}" for k, x in v["constexprs"].items())
-        lines.append(f"sm_{v['arch']} | {v['kernel']} | {v['num_warps']} | {constexprs} | "
+        layout = "nhwc" if v["nhwc"] else "nchw"
+        lines.append(f"sm_{v['arch']} | {v['kernel']} | {layout} | {v['num_warps']} | {constexprs} | "
                      f"{'/'.join(v['tensor_dtypes'])} | {v.get('registers')} | {v.get('stack')} | "
                      f"{v.get('spill_stores')}/{v.get('spill_loads')} | {v.get('shared')} | {v['launches']}")
     return "\n".join(lines)

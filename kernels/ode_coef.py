@@ -1,15 +1,25 @@
 """Per-sample coefficients of the fused ODE update, built on the host with tensor ops only.
 
-``ode_update(z_t, eps_hat, z0_hat, coef, base=None, acc=None)`` computes, per sample b, with the
-columns of ``coef[b]`` (fp32, shape (B, 11), columns named by ``COEF_FIELDS``):
+The update after one network evaluation is linear in its inputs (z_t, eps_hat, z0_hat, base, acc),
+so ``ode_update(z_t, eps_hat, z0_hat, coef, base=None, acc=None)`` computes, per sample b, with
+the columns of ``coef[b]`` (fp32, shape (B, 9), named by ``COEF_FIELDS``):
+
+    z_out   = z_z * z_t + z_eps * eps_hat + z_z0 * z0_hat + z_base * base + z_acc * acc
+    acc_out = acc_z * z_t + acc_eps * eps_hat + acc_z0 * z0_hat + acc_acc * acc
+
+(base defaults to z_t, acc to 0): five fused multiply-adds and no division. ``ode_coef`` folds the
+model and the solver into these columns in float64 and rounds each once to fp32. The model, with
+sqrt_a = sqrt(alpha(t)), noise_std = sqrt(1 - alpha(t)), lam the mixing weight at t and beta(t):
 
     eps_hyb = lam * eps_hat + (1 - lam) * (z_t - sqrt_a * z0_hat) / noise_std  (eq. 18)
     f       = -beta / 2 * (z_t - eps_hyb / noise_std)                         (eq. 13, dz/dt)
     x0_hyb  = (z_t - noise_std * eps_hyb) / sqrt_a                            (data estimate)
-    z_out   = z_base * base + z_f * f + z_x0 * x0_hyb + z_acc * acc           (base defaults to z_t)
-    acc_out = acc_acc * acc + acc_f * f + acc_x0 * x0_hyb                     (acc defaults to 0)
 
-with sqrt_a = sqrt(alpha(t)), noise_std = sqrt(1 - alpha(t)), lam the mixing weight at t and beta(t).
+and the solver, as coefficients of the model's f and x0_hyb:
+
+    z_out   = z_base * base + z_f * f + z_x0 * x0_hyb + z_acc * acc
+    acc_out = acc_acc * acc + acc_f * f + acc_x0 * x0_hyb
+
 The builders below give each solver's use (h = s - t < 0 is the step from t to s):
 
 | use                | base | acc         | z_out                                     | acc_out       |
@@ -22,6 +32,10 @@ The builders below give each solver's use (h = s - t < 0 is the step from t to s
 (RK: Heun and classical RK4, whose stage i + 1 input uses f_i only; ``RK_TABLEAUS``.)
 ``solver_table`` lays a whole fixed-step solve out as one row per network evaluation.
 
+Folded in float64, a coefficient that is 0 in the mathematics is 0: under the hybrid
+parametrization with c = 1 (lam = alpha) the drift does not depend on z_t, so z_z of an Euler
+or RK row is exactly 0, where the unfolded formula cancels two fp32 terms of size beta / 2 |z_t|.
+
 Everything is built with tensor operations on the device of ``t`` (Python numbers enter as kernel
 arguments of ``torch.full``): no host-to-device copy, so the builders may run inside a CUDA graph.
 """
@@ -32,8 +46,7 @@ import torch
 from ecdp.parametrization import mixing_weight
 from ecdp.sde import alpha, beta, log_snr
 
-COEF_FIELDS = ("sqrt_a", "noise_std", "lam", "beta",
-               "z_base", "z_f", "z_x0", "z_acc", "acc_acc", "acc_f", "acc_x0")
+COEF_FIELDS = ("z_z", "z_eps", "z_z0", "z_base", "z_acc", "acc_z", "acc_eps", "acc_z0", "acc_acc")
 
 # nodes c_i (stage times t + c_i h) and weights b_i
 RK_TABLEAUS = {
@@ -42,19 +55,33 @@ RK_TABLEAUS = {
 }
 
 
-def ode_coef(t, *, param="hybrid", c=1.0, z_base=1.0, z_f=0.0, z_x0=0.0, z_acc=0.0,
-             acc_acc=0.0, acc_f=0.0, acc_x0=0.0):
-    """The (B, 11) fp32 coefficients for a network evaluated at per-sample times t (B,).
+def model_coef(t, param="hybrid", c=1.0):
+    """((f_z, f_eps, f_z0), (x0_z, x0_eps, x0_z0)): the drift f and the data estimate x0_hyb as
+    linear combinations of (z_t, eps_hat, z0_hat), float64 tensors of t's shape (t in (0, 1])."""
+    t = torch.as_tensor(t).double()
+    a, lam, half_beta = alpha(t), mixing_weight(t, param, c).double(), 0.5 * beta(t)
+    sqrt_a, noise_std = a.sqrt(), (1 - a).sqrt()
+    f = (-half_beta * (lam - a) / (1 - a), half_beta * lam / noise_std, -half_beta * (1 - lam) * sqrt_a / (1 - a))
+    x0 = (lam / sqrt_a, -lam * noise_std / sqrt_a, 1 - lam)
+    return f, x0
 
-    The update coefficients are numbers or (B,) tensors; the model ones (sqrt_a, noise_std, lam, beta)
-    come from t in float64, so noise_std stays accurate near t = 0.
+
+def ode_coef(t, *, param="hybrid", c=1.0, z_base=1.0, z_f=0.0, z_x0=0.0, z_acc=0.0,
+             acc_acc=0.0, acc_f=0.0, acc_x0=0.0, dtype=torch.float32):
+    """The (B, 9) coefficients (COEF_FIELDS) for a network evaluated at per-sample times t (B,).
+
+    The solver's coefficients (of base, f, x0_hyb and acc, see above) are numbers or (B,) tensors;
+    they are folded with the model's (``model_coef``) in float64 and the table rounded once to
+    `dtype` (fp32 for the kernels; float64 gives the exact table a reference evaluation uses).
     """
     t = torch.as_tensor(t).double()
-    a = alpha(t)
-    columns = [a.sqrt(), (1 - a).sqrt(), mixing_weight(t, param, c), beta(t),
-               z_base, z_f, z_x0, z_acc, acc_acc, acc_f, acc_x0]
-    columns = [v.double() if isinstance(v, torch.Tensor) else torch.full_like(t, v) for v in columns]
-    return torch.stack(torch.broadcast_tensors(*columns), dim=-1).float()
+    (f_z, f_eps, f_z0), (x0_z, x0_eps, x0_z0) = model_coef(t, param, c)
+    z_base, z_f, z_x0, z_acc, acc_acc, acc_f, acc_x0 = (
+        v.double() if isinstance(v, torch.Tensor) else torch.full_like(t, v)
+        for v in (z_base, z_f, z_x0, z_acc, acc_acc, acc_f, acc_x0))
+    columns = [z_f * f_z + z_x0 * x0_z, z_f * f_eps + z_x0 * x0_eps, z_f * f_z0 + z_x0 * x0_z0, z_base, z_acc,
+               acc_f * f_z + acc_x0 * x0_z, acc_f * f_eps + acc_x0 * x0_eps, acc_f * f_z0 + acc_x0 * x0_z0, acc_acc]
+    return torch.stack(torch.broadcast_tensors(*columns), dim=-1).to(dtype)
 
 
 def euler_coef(t, s, **model):
@@ -110,30 +137,32 @@ class Stage:
     ends_step: bool    # the output is the state at the end of a step
 
 
-def solver_table(solver, ts, *, param="hybrid", c=1.0):
+def solver_table(solver, ts, *, param="hybrid", c=1.0, dtype=torch.float32):
     """(stages, t, coef): ecdp.sampling's fixed-step solve on the time grid ts, one row per NFE.
 
     ts: (steps + 1,) decreasing times on the device (float64 recommended). Returns the Stage flags
-    of the rows, their network times t (rows,) float64 and coefficients coef (rows, 11) fp32.
+    of the rows, their network times t (rows,) float64 and coefficients coef (rows, 9) in `dtype`
+    (fp32 for the kernels).
     Row k: evaluate the network at (z, t[k]), then ``z, acc = ode_update(z, eps_hat, z0_hat,
     coef[k], base=z_n if uses_base, acc=acc if uses_acc, write_acc=writes_acc)``, and z_n = z
     where the row ends a step. DPM-Solver++(2M) takes its first and last step at first order,
     as ecdp.sampling does. Raises ValueError for a solver without fixed steps.
     """
     steps = len(ts) - 1
+    model = dict(param=param, c=c, dtype=dtype)
     rows = []
     for i in range(steps):
         t, s = ts[i], ts[i + 1]
         if solver == "euler":
-            rows.append((Stage(False, False, False, True), t, euler_coef(t, s, param=param, c=c)))
+            rows.append((Stage(False, False, False, True), t, euler_coef(t, s, **model)))
         elif solver in RK_TABLEAUS:
-            stages = rk_coefs(t, s, solver, param=param, c=c)
+            stages = rk_coefs(t, s, solver, **model)
             last = len(stages) - 1
             rows += [(Stage(True, j > 0, j < last, j == last), t_j, coef)
                      for j, (t_j, coef) in enumerate(stages)]
         elif solver == "dpmpp2m":
             second_order = 0 < i < steps - 1
-            coef = dpmpp2m_coef(t, s, ts[i - 1] if second_order else None, param=param, c=c)
+            coef = dpmpp2m_coef(t, s, ts[i - 1] if second_order else None, **model)
             rows.append((Stage(False, second_order, True, True), t, coef))
         else:
             raise ValueError(f"solver {solver!r} has no fixed steps; choose euler, heun, rk4 or dpmpp2m")

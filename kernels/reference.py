@@ -30,25 +30,27 @@ def group_norm_silu(x, weight, bias, groups, *, add_channel=None, add=None, eps=
 def ode_update(z_t, eps_hat, z0_hat, coef, *, base=None, acc=None, write_acc=False, out=None, acc_out=None):
     """Hybrid noise estimate, probability-flow drift and solver update in one elementwise pass.
 
-    All image tensors are (B, ...) of one shape; coef is (B, 11) fp32 (see ecdp.kernels.ode_coef
-    for the formulas and the builders). Arithmetic in fp32. Returns (z_out, acc_out): z_out has
-    the dtype of base (z_t when base is None), acc_out that of acc (else z_out's) and is None
-    unless write_acc or acc_out is given. out / acc_out are written in place when given (they may
-    alias the inputs).
+    All image tensors are (B, ...) of one shape; coef is (B, 9), the linear form's coefficients
+    (see ecdp.kernels.ode_coef for the formulas and the builders). Arithmetic in fp32, or in float64
+    when coef is float64 (the exact evaluation tests compare against). Returns (z_out, acc_out):
+    z_out has the dtype of base (z_t when base is None), acc_out that of acc (else z_out's) and is
+    None unless write_acc or acc_out is given. out / acc_out are written in place when given (they
+    may alias the inputs).
     """
+    compute = torch.float64 if coef.dtype == torch.float64 else torch.float32
     shape = (-1,) + (1,) * (z_t.dim() - 1)
-    (sqrt_a, noise_std, lam, beta, z_base, z_f, z_x0, z_acc,
-     acc_acc, acc_f, acc_x0) = (v.reshape(shape) for v in coef.float().unbind(-1))
-    z = z_t.float()
-    eps_hyb = lam * eps_hat.float() + (1 - lam) * (z - sqrt_a * z0_hat.float()) / noise_std
-    f = -0.5 * beta * (z - eps_hyb / noise_std)
-    x0_hyb = (z - noise_std * eps_hyb) / sqrt_a
+    z_z, z_eps, z_z0, z_base, z_acc, acc_z, acc_eps, acc_z0, acc_acc = (
+        v.reshape(shape) for v in coef.to(compute).unbind(-1))
     state = z_t if base is None else base
-    acc_f32 = 0.0 if acc is None else acc.float()
-    z_next = z_base * state.float() + z_f * f + z_x0 * x0_hyb + z_acc * acc_f32
+    z, eps, z0 = z_t.to(compute), eps_hat.to(compute), z0_hat.to(compute)
+    z_next = z_z * z + z_eps * eps + z_z0 * z0 + z_base * state.to(compute)
     acc_next = None
     if write_acc or acc_out is not None:
-        acc_next = acc_acc * acc_f32 + acc_f * f + acc_x0 * x0_hyb
+        acc_next = acc_z * z + acc_eps * eps + acc_z0 * z0
+    if acc is not None:
+        z_next = z_next + z_acc * acc.to(compute)
+        acc_next = None if acc_next is None else acc_next + acc_acc * acc.to(compute)
+    if acc_next is not None:
         acc_next = _written(acc_next, acc_out, state.dtype if acc is None else acc.dtype)
     return _written(z_next, out, state.dtype), acc_next
 

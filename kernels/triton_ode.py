@@ -1,11 +1,12 @@
 """Triton ODE update: hybrid noise estimate, probability-flow drift and solver update in one pass.
 
-The formulas and the per-sample coefficient layout are in ecdp.kernels.ode_coef. Every image
-tensor is addressed as (batch, channel, spatial) with its own strides, so the network's head
-outputs (channel slices of one 6-channel tensor) are read in place. A program handles BLOCK
-positions of one (sample, channel); it reads each input element once and writes each output once,
-so outputs may alias inputs. Offsets within a sample are 32-bit unless one passes int32, then
-64-bit (``layout.needs_offset64``).
+The update is one linear combination of its inputs per output, with per-sample coefficients
+folded in float64 (the formulas and the layout are in ecdp.kernels.ode_coef): five multiply-adds
+per element and no division. Every image tensor is addressed as (batch, channel, spatial) with
+its own strides, so the network's head outputs (channel slices of one 6-channel tensor) are read
+in place. A program handles BLOCK positions of one (sample, channel); it reads each input element
+once and writes each output once, so outputs may alias inputs. Offsets within a sample are 32-bit
+unless one passes int32, then 64-bit (``layout.needs_offset64``).
 """
 import math
 
@@ -38,18 +39,14 @@ def _ode_update(z_ptr, e_ptr, x0h_ptr, base_ptr, acc_ptr, coef_ptr, out_ptr, acc
         s = s.to(tl.int64)
         c = c.to(tl.int64)
     k = coef_ptr + b * scoef
-    sqrt_a, noise_std, lam, beta = tl.load(k), tl.load(k + 1), tl.load(k + 2), tl.load(k + 3)
-    z_base, z_f, z_x0, z_acc = tl.load(k + 4), tl.load(k + 5), tl.load(k + 6), tl.load(k + 7)
-    acc_acc, acc_f, acc_x0 = tl.load(k + 8), tl.load(k + 9), tl.load(k + 10)
+    z_z, z_eps, z_z0, z_base, z_acc = tl.load(k), tl.load(k + 1), tl.load(k + 2), tl.load(k + 3), tl.load(k + 4)
+    acc_z, acc_eps, acc_z0, acc_acc = tl.load(k + 5), tl.load(k + 6), tl.load(k + 7), tl.load(k + 8)
 
     z = _load(z_ptr, b, c, s, szb, szc, szs, mask)
     eps_hat = _load(e_ptr, b, c, s, seb, sec, ses, mask)
     z0_hat = _load(x0h_ptr, b, c, s, sxb, sxc, sxs, mask)
-    eps_hyb = lam * eps_hat + (1.0 - lam) * (z - sqrt_a * z0_hat) / noise_std
-    f = -0.5 * beta * (z - eps_hyb / noise_std)
-    x0_hyb = (z - noise_std * eps_hyb) / sqrt_a
-    z_next = z_f * f + z_x0 * x0_hyb
-    acc_next = acc_f * f + acc_x0 * x0_hyb
+    z_next = z_z * z + z_eps * eps_hat + z_z0 * z0_hat
+    acc_next = acc_z * z + acc_eps * eps_hat + acc_z0 * z0_hat
     if HAS_BASE:
         z_next += z_base * _load(base_ptr, b, c, s, sbb, sbc, sbs, mask)
     else:

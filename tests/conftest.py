@@ -101,3 +101,20 @@ def read_only(tmp_path):
         pytest.skip("this process writes into read-only folders (root)")
     finally:
         folder.chmod(0o755)
+
+
+@pytest.fixture
+def exact_fp32():
+    """fp32 convolutions and matmuls in full fp32 for one test, then the settings as they were. On
+    Ampere and later, cuDNN runs fp32 convolutions in TF32 by default (10-bit mantissas): a 1-ulp
+    difference between two paths' inputs then grows to about 1e-3 after a few layers, and a parity
+    test of two fp32 paths would measure TF32, not the paths."""
+    import torch
+
+    precision = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = [p.fp32_precision for p in precision]
+    for p in precision:
+        p.fp32_precision = "ieee"
+    yield
+    for p, value in zip(precision, saved):
+        p.fp32_precision = value

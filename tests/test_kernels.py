@@ -26,6 +26,7 @@ from ecdp.parametrization import HybridDenoiser  # noqa: E402
 from ecdp.sampling import SamplerSpec, solve  # noqa: E402
 from ecdp.sde import time_grid  # noqa: E402
 from ecdp.speed import Speed  # noqa: E402
+from helpers import randomize_zero_convs  # noqa: E402
 from oracle import GaussianOracle  # noqa: E402
 
 
@@ -149,6 +150,47 @@ def test_group_norm_silu_backward(triton_calls):
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-4)
 
 
+# The NHWC slab kernels: one slab of one tile, many slabs of one tile each, few slabs of many tiles.
+NHWC_SCHEDULES = {"one_slab": dict(TILE=2048, TARGET_PROGRAMS=264), "tile_slabs": dict(TILE=128, TARGET_PROGRAMS=264),
+                  "long_slabs": dict(TILE=32, TARGET_PROGRAMS=3)}
+
+
+@pytest.mark.parametrize("schedule", list(NHWC_SCHEDULES), ids=list(NHWC_SCHEDULES))
+@pytest.mark.parametrize("shape", GN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_group_norm_silu_nhwc_kernels(schedule, shape, channels_last, monkeypatch):
+    """The slab kernels (ecdp::group_norm_silu_nhwc) against the reference, the statistics merged
+    across slabs and accumulated across the tiles of a slab."""
+    _check_nhwc(schedule, shape, torch.float32, channels_last, True, "other", monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
+@pytest.mark.parametrize("add_channel,add", [(False, None), (False, "same"), (True, None)],
+                         ids=["plain", "add", "add_channel"])
+def test_group_norm_silu_nhwc_kernels_dtypes_and_adds(dtype, add_channel, add, monkeypatch):
+    _check_nhwc("tile_slabs", GN_SHAPES[1], dtype, True, add_channel, add, monkeypatch)
+
+
+def _check_nhwc(schedule, shape, dtype, channels_last, add_channel, add, monkeypatch):
+    module = kernels._triton()[2]
+    for name, value in NHWC_SCHEDULES[schedule].items():
+        monkeypatch.setattr(module, name, value)
+    B, C, H, W, groups = shape
+    inputs = _gn_inputs(B, C, H, W, dtype, channels_last, add_channel, add)
+    got = torch.ops.ecdp.group_norm_silu_nhwc(groups=groups, **inputs)
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    _assert_close(got, reference.group_norm_silu(groups=groups, **inputs), dtype)
+
+
+def test_group_norm_silu_nhwc_statistics_resist_cancellation():
+    """A mean 1e4 times the spread: shifted per-thread sums keep fp32 variance accurate."""
+    x = _randn(2, 16, 9, 9, seed=7, shift=1e4).to(memory_format=torch.channels_last)
+    weight, bias = torch.ones(16), torch.zeros(16)
+    got = kernels._triton()[2].group_norm_silu(x, weight, bias, 4, silu=False)
+    expected = reference.group_norm_silu(x.double(), weight.double(), bias.double(), 4, silu=False)
+    assert (got.double() - expected).abs().max().item() <= 1e-2
+
+
 # ---------------------------------------------------------------------------------------------
 # ode_update
 
@@ -158,51 +200,117 @@ S_NEXT = torch.tensor([0.9, 0.4, 0.001], dtype=torch.float64)
 T_PREV = torch.tensor([1.0, 0.55, 0.05], dtype=torch.float64)
 
 
-def _ode_uses():
+def _ode_uses(**model):
     """(name, coef, uses base, uses acc, writes acc) for every solver's use of ode_update."""
-    uses = [("euler", kernels.euler_coef(T, S_NEXT), False, False, False)]
+    uses = [("euler", kernels.euler_coef(T, S_NEXT, **model), False, False, False)]
     for tableau in ("heun", "rk4"):
-        stages = kernels.rk_coefs(T, S_NEXT, tableau)
+        stages = kernels.rk_coefs(T, S_NEXT, tableau, **model)
         for i, (_, coef) in enumerate(stages):
             last = i == len(stages) - 1
             uses.append((f"{tableau}_stage{i + 1}", coef, True, i > 0, not last))
-    uses.append(("dpmpp2m_first", kernels.dpmpp2m_coef(T, S_NEXT), False, False, True))
-    uses.append(("dpmpp2m", kernels.dpmpp2m_coef(T, S_NEXT, T_PREV), False, True, True))
+    uses.append(("dpmpp2m_first", kernels.dpmpp2m_coef(T, S_NEXT, **model), False, False, True))
+    uses.append(("dpmpp2m", kernels.dpmpp2m_coef(T, S_NEXT, T_PREV, **model), False, True, True))
     return uses
 
 
-ODE_USES = _ode_uses()
+USE_NAMES = [u[0] for u in _ode_uses()]
+U32 = 2.0**-24   # unit roundoff of fp32
 
 
-@pytest.mark.parametrize("use", ODE_USES, ids=[u[0] for u in ODE_USES])
+def _assert_ode_close(got, inputs, coef64, kwargs, dtype):
+    """`got` (ode_update's outputs, fp32 coefficients and arithmetic) against the update evaluated in
+    float64 with float64 coefficients. Per element, each of the <= 5 terms c_i x_i carries the
+    fp32 rounding of its coefficient (u |c_i x_i|), and each of the <= 5 multiply-adds (or the
+    products and sums without fused multiply-adds: 2 roundings of the first, 1 of each later term)
+    one rounding of a partial sum (u sum|c_i x_i|): 6 u sum|c_i x_i| to first order; 7 u allows for
+    the rest. A bf16 output adds its own rounding: 2^-8 of the value to nearest (8 significant bits),
+    2^-7 as Triton's interpreter converts (toward zero)."""
+    exact = reference.ode_update(*(x.double() for x in inputs), coef64, write_acc=got[1] is not None,
+                                 **{k: None if v is None else v.double() for k, v in kwargs.items()})
+    size = reference.ode_update(*(x.double().abs() for x in inputs), coef64.abs(), write_acc=got[1] is not None,
+                                **{k: None if v is None else v.double().abs() for k, v in kwargs.items()})
+    for g, e, s in zip(got, exact, size):
+        if e is None:
+            assert g is None
+            continue
+        assert g.dtype == dtype and not torch.isnan(g).any()
+        limit = 7 * U32 * s + (2.0**-7 * e.abs() if dtype == torch.bfloat16 else 0)
+        excess = ((g.double() - e).abs() - limit).max().item()
+        assert excess <= 0, excess
+
+
+@pytest.mark.parametrize("use", range(len(USE_NAMES)), ids=USE_NAMES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("param", ["hybrid", "x0"])
+@pytest.mark.parametrize("param", ["hybrid", "x0", "eps"])
 def test_ode_update(use, dtype, param):
-    name, coef, has_base, has_acc, writes_acc = use
-    if param != "hybrid":
-        coef = coef.clone()
-        coef[:, kernels.COEF_FIELDS.index("lam")] = 0.0   # pure x0-parametrization
+    _, coef, has_base, has_acc, writes_acc = _ode_uses(param=param)[use]
+    coef64 = _ode_uses(param=param, dtype=torch.float64)[use][1]
     shape = (B_ODE, 3, 5, 7)
     # The network's heads are channel slices of one 6-channel tensor (strided, read in place).
     head = _randn(B_ODE, 6, 5, 7, seed=1, dtype=dtype)
     kwargs = dict(base=_randn(*shape, seed=2, dtype=dtype) if has_base else None,
                   acc=_randn(*shape, seed=3, dtype=dtype) if has_acc else None)
     z_t = _randn(*shape, seed=4, dtype=dtype).to(memory_format=torch.channels_last)
-    expected = reference.ode_update(z_t, head[:, :3], head[:, 3:], coef, write_acc=writes_acc, **kwargs)
+    inputs = (z_t, head[:, :3], head[:, 3:])
     out = torch.full(shape, float("nan"), dtype=dtype)
     acc_out = torch.full(shape, float("nan"), dtype=dtype) if writes_acc else None
-    got = kernels._triton()[1].ode_update(z_t, head[:, :3], head[:, 3:], coef, out=out, acc_out=acc_out,
-                                          **kwargs)
+    got = kernels._triton()[1].ode_update(*inputs, coef, out=out, acc_out=acc_out, **kwargs)
     assert got[0] is out and got[1] is acc_out
-    for g, e in zip(got, expected):
-        if e is None:
-            assert g is None
-            continue
-        if dtype == torch.float32:   # 1/sigma is 1e2 near t = 0: compare relative to the scale
-            assert not torch.isnan(g).any()
-            torch.testing.assert_close(g, e, atol=1e-5 * e.abs().max().item(), rtol=1e-5)
-        else:
-            _assert_close(g, e, dtype)
+    _assert_ode_close(got, inputs, coef64, kwargs, dtype)
+    expected = reference.ode_update(*inputs, coef, write_acc=writes_acc, **kwargs)
+    _assert_ode_close(expected, inputs, coef64, kwargs, dtype)
+
+
+def _fp32(x):
+    return x.float().double()
+
+
+def _fused_multiply_adds(coef, inputs, base, acc):
+    """ode_update as a GPU runs the kernel: fp32 fused multiply-adds (one rounding each), emulated in
+    float64, where the fp32 product of two fp32 numbers is exact."""
+    z, eps, z0 = (x.double() for x in inputs)
+    c = [_fp32(v).reshape(-1, 1, 1, 1) for v in coef.unbind(-1)]
+    z_out = _fp32(c[2] * z0 + _fp32(c[1] * eps + _fp32(c[0] * z)))
+    z_out = _fp32(c[3] * (z if base is None else base.double()) + z_out)
+    acc_out = _fp32(c[7] * z0 + _fp32(c[6] * eps + _fp32(c[5] * z)))
+    if acc is not None:
+        z_out, acc_out = _fp32(c[4] * acc.double() + z_out), _fp32(c[8] * acc.double() + acc_out)
+    return z_out.float(), acc_out.float()
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dpmpp2m"])
+def test_ode_bound_holds_for_fused_multiply_adds(solver):
+    """The bound of _assert_ode_close (and of tests/test_cuda.py's check at HR 256) for the order in
+    which a GPU contracts the kernel's arithmetic, on every row of a solve from t = 1."""
+    ts = torch.linspace(1.0, 1e-3, 4, dtype=torch.float64)
+    stages, _, coef = kernels.solver_table(solver, ts)
+    coef64 = kernels.solver_table(solver, ts, dtype=torch.float64)[2]
+    head = _randn(2, 6, 32, 32, seed=1)
+    z, z_n, acc = (_randn(2, 3, 32, 32, seed=s) for s in (2, 3, 4))
+    inputs = (z, head[:, :3], head[:, 3:])
+    for stage, row, row64 in zip(stages, coef, coef64):
+        kwargs = dict(base=z_n if stage.uses_base else None, acc=acc if stage.uses_acc else None)
+        z_out, acc_out = _fused_multiply_adds(row.expand(2, -1), inputs, **kwargs)
+        _assert_ode_close((z_out, acc_out if stage.writes_acc else None), inputs, row64.expand(2, -1), kwargs,
+                          torch.float32)
+
+
+def test_folded_coefficients_are_exact_where_the_mathematics_is():
+    """Under the hybrid parametrization with c = 1 the drift does not depend on z_t: the z_t
+    coefficient of every Euler and RK row is exactly 0 (the unfolded formula cancels two terms of
+    size beta / 2 |z_t| in fp32), and DPM-Solver++'s data estimate takes z_t with sqrt(alpha)."""
+    ts = time_grid(4, t_end=1e-3, spacing="logsnr")
+    for solver in ("euler", "heun", "rk4"):
+        _, _, coef = kernels.solver_table(solver, ts)
+        assert (coef[:, kernels.COEF_FIELDS.index("z_z")] == 0).all(), solver
+        assert (coef[:, kernels.COEF_FIELDS.index("acc_z")] == 0).all(), solver
+    _, t, coef = kernels.solver_table("dpmpp2m", ts, dtype=torch.float64)
+    from ecdp.sde import alpha
+    torch.testing.assert_close(coef[:, kernels.COEF_FIELDS.index("acc_z")], alpha(t).sqrt(), rtol=1e-15, atol=0)
+    # x0 parametrization: the data estimate is z0_hat itself
+    _, _, coef = kernels.solver_table("dpmpp2m", ts, param="x0")
+    assert (coef[:, kernels.COEF_FIELDS.index("acc_z0")] == 1).all()
+    assert (coef[:, [kernels.COEF_FIELDS.index("acc_z"), kernels.COEF_FIELDS.index("acc_eps")]] == 0).all()
 
 
 def test_ode_update_in_place():
@@ -311,11 +419,7 @@ def test_missing_triton_falls_back_to_reference(monkeypatch):
 def _live_net(preset):
     """A seeded network whose zero-initialized conv2 are redrawn, so every GN site reaches the output."""
     torch.manual_seed(0)
-    net = nets.build(preset)
-    for module in net.modules():
-        if isinstance(module, nets.ResBlock):
-            module.conv2.reset_parameters()
-    return net
+    return randomize_zero_convs(nets.build(preset))
 
 
 def test_paper_denoiser_parity_kernels_on_off(triton_calls):

@@ -89,3 +89,22 @@ def test_ptxas_figures_and_findings():
     assert any("spills" in f for f in found) and any("shared memory" in f for f in found)
     clean = dict(arch=80, shared=1024, registers=40, stack=0, spill_stores=0, spill_loads=0)
     assert aot_check.findings(clean) == []
+
+
+def test_meta_convolutions_take_the_layout_cudnn_gives():
+    """Inside recording(), a meta convolution of a channels_last input or weight is channels_last
+    (PyTorch's meta kernel alone returns NCHW), and an NCHW one stays NCHW."""
+    x, w = _meta(2, 8, 6, 6, dtype=torch.float32), _meta(4, 8, 3, 3, dtype=torch.float32)
+    conv, nhwc = torch.nn.functional.conv2d, torch.channels_last
+    with recording():
+        assert conv(x.to(memory_format=nhwc), w).is_contiguous(memory_format=nhwc)
+        assert conv(x, w.to(memory_format=nhwc)).is_contiguous(memory_format=nhwc)
+        assert conv(x, w).is_contiguous()
+    assert conv(x.to(memory_format=nhwc), w).is_contiguous()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_aot_cases_in_channels_last_record_the_nhwc_group_norm(channels_last):
+    launches = aot_check.record(aot_check.Case("tiny", 8, 1, "bf16", channels_last, "euler", 1))
+    group_norm = [launch for launch in launches if launch.name in ("_gn_fused", "_gn_stats", "_gn_apply")]
+    assert group_norm and all(launch.channels_inner == channels_last for launch in group_norm)
