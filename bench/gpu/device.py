@@ -295,7 +295,7 @@ def main(argv=None):
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     # fp32 rows mean fp32: PyTorch's default on Ampere and later rounds fp32 convolution operands to TF32.
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
     start, budget = time.monotonic(), Budget(BUDGET_S)
     report = dict(quick=args.quick, environment=environment(), sections={})
     sections = [("correctness", lambda: correctness(args.out, args.quick)),
