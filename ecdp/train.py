@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ecdp import console
+from ecdp.bounds import MIN_SIGMA
 from ecdp.checkpoints import (CHECKPOINTS, latest_checkpoint, optimizer_meta, optimizer_state_dict,
                               optimizer_tensors, python_rng_state, remove_checkpoint, resume_point,
                               save_checkpoint, set_rng_state, torch_rng_state)
@@ -60,9 +61,6 @@ from ecdp.trainlog import LossLog
 
 LOG = "log.csv"
 EVENTS = "train.log"
-MIN_SIGMA = 1e-4
-"""Smallest estimated sigma: the 8-bit rounding of the LR images alone gives about 1e-3; below, z = (x - mu) / sigma
-would be float rounding noise blown up."""
 
 
 def train(config, *, stage, out, resume=False, device=None):

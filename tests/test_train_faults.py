@@ -69,18 +69,18 @@ def copy(run, tmp_path):
 # --- every config key is checked on load ---------------------------------------------------------
 
 @pytest.mark.parametrize("item, sentence", [
-    ("train.steps=0", "train.steps (in --set) must be at least 1, got 0."),
-    ("train.steps=-5", "train.steps (in --set) must be at least 1, got -5."),
-    ("train.batch=0", "train.batch (in --set) must be at least 1, got 0."),
-    ("data.workers=-1", "data.workers (in --set) must be at least 0, got -1."),
-    ("data.sigma_crops=0", "data.sigma_crops (in --set) must be at least 1, got 0."),
+    ("train.steps=0", "train.steps (in --set) must be in [1, 1000000000], got 0."),
+    ("train.steps=-5", "train.steps (in --set) must be in [1, 1000000000], got -5."),
+    ("train.batch=0", "train.batch (in --set) must be in [1, 4096], got 0."),
+    ("data.workers=-1", "data.workers (in --set) must be in [0, 256], got -1."),
+    ("data.sigma_crops=0", "data.sigma_crops (in --set) must be in [1, 100000], got 0."),
     ("train.lr=-1", "train.lr (in --set) must be a finite number greater than 0, got -1.0."),
-    ("train.warmup=-3", "train.warmup (in --set) must be at least 0, got -3."),
+    ("train.warmup=-3", "train.warmup (in --set) must be in [0, 1000000000], got -3."),
     ("train.ema=2", "train.ema (in --set) must be a finite number in [0, 1), got 2.0."),
-    ("model.sigma=-1", "model.sigma (in --set) must be a finite number greater than 0 or null, got -1.0."),
-    ("model.sigma=0", "model.sigma (in --set) must be a finite number greater than 0 or null, got 0.0."),
+    ("model.sigma=-1", "model.sigma (in --set) must be a finite number in [0.0001, 1.0] or null, got -1.0."),
+    ("model.sigma=0", "model.sigma (in --set) must be a finite number in [0.0001, 1.0] or null, got 0.0."),
     ("train.lr=nan", "train.lr (in --set) must be a finite number greater than 0, got nan."),
-    ("train.log_every=0", "train.log_every (in --set) must be at least 1, got 0."),  # one more of the kind
+    ("train.log_every=0", "train.log_every (in --set) must be in [1, 1000000000], got 0."),  # one more of the kind
 ])
 def test_out_of_range_setting_stops_before_anything_is_written(images, tmp_path, capsys, item, sentence):
     assert train(images, tmp_path / "out", item) == 1
