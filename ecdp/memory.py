@@ -60,15 +60,15 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def memory_errors(what: str):
-    """Raise an allocator's out-of-memory error in the block as the UserError 'not enough memory for
-    WHAT'; other errors pass unchanged."""
+def memory_errors(message: str):
+    """Raise an allocator's out-of-memory error in the block as the UserError `message` (one sentence
+    naming what ran out: 'IN.png: not enough memory to decode it'); other errors pass unchanged."""
     try:
         yield
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        raise UserError(f"not enough memory for {what}") from None
+        raise UserError(message) from None
 
 
 def _meminfo(key):

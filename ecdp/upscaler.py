@@ -15,6 +15,7 @@ from PIL import Image
 from ecdp.choices import DEFAULT_ENGINE, ENGINES, PRECISIONS
 from ecdp.engine import fast_engine
 from ecdp.errors import UserError
+from ecdp.memory import GB, is_out_of_memory, require_memory
 from ecdp.images import from_array, from_pil, to_array, to_pil
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
@@ -132,9 +133,11 @@ class Upscaler:
         out-of-range y, and UserError when memory runs out or the model gives non-finite values.
         """
         _check_tensor(y)
+        s, (h, w) = self.resolver.scale, y.shape[-2:]
+        result = y.shape[0] * 3 * s * h * s * w * 4
+        require_memory(result, f"the {s * w}x{s * h} result of a {w}x{h} image alone", self.device)
         with self._lock, torch.inference_mode():
             y = y.to(self.device, torch.float32)
-            s, (h, w) = self.resolver.scale, y.shape[-2:]
             padded = _pad(y, self.resolver.lr_multiple)
             tile, overlap = self._tiles_for(padded)
             counter = self._counter(progress, padded, tile, overlap)
@@ -146,11 +149,10 @@ class Upscaler:
                 else:
                     x, self.last_nfe = solve(0, 0, *padded.shape[-2:])
             except (torch.OutOfMemoryError, RuntimeError) as e:
-                if not _out_of_memory(e):
+                if not is_out_of_memory(e):
                     raise
-                size = y.shape[0] * 3 * s * h * s * w * 4 / 1e9
                 raise UserError(f"out of memory on {self.device} for a {w}x{h} image (its result alone takes "
-                                f"{size:.1f} GB); {_tile_advice(tile)}") from None
+                                f"{result / GB:.1f} GB); {_tile_advice(tile)}") from None
             finally:
                 if counter is not None:
                     counter.close()
@@ -219,12 +221,6 @@ def _region_upscale(upscale, y, top, left, height, width, scale):
     r0, c0 = scale * (top - rows.start), scale * (left - cols.start)
     mu = mu[..., r0:r0 + scale * height, c0:c0 + scale * width]
     return F.pad(mu, (0, scale * width - mu.shape[-1], 0, scale * height - mu.shape[-2]))
-
-
-def _out_of_memory(error):
-    """Whether an exception is an allocator's out-of-memory (CUDA raises OutOfMemoryError, the CPU a RuntimeError)."""
-    text = str(error)
-    return isinstance(error, torch.OutOfMemoryError) or "DefaultCPUAllocator" in text or "out of memory" in text
 
 
 def _tile_advice(tile):

@@ -100,7 +100,7 @@ def test_float_gray_tiff_stays_float(model, tmp_path):
 def test_float_tiff_outside_unit_range_is_refused(model, tmp_path, capsys):
     tifffile.imwrite(tmp_path / "in.tif", np.full((8, 8), 200.0, np.float32))
     assert upscale(model, tmp_path / "in.tif", "-o", tmp_path / "out.tif") == 1
-    assert "float samples must be finite and lie in [0, 1], found 200 to 200" in one_line(capsys)
+    assert "float samples must be finite and lie in [0, 1]; found 64 outside [0, 1] of 64 samples (the finite ones from 200 to 200)" in one_line(capsys)
 
 
 # Frames

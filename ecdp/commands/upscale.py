@@ -79,14 +79,16 @@ def upscale_file(upscaler, src, dst, *, max_pixels=MAX_PIXELS, quality=QUALITY, 
     progress: as for ``Upscaler.sample`` (the solver steps of this one image), or None.
     """
     from ecdp.images import check_encodable, read_image, write_image
+    from ecdp.memory import memory_errors
 
-    rgb, alpha, info = read_image(src, max_pixels)
-    check_encodable(dst, info, alpha is not None, quality)
-    try:
-        sr = upscaler.sample(rgb[None], progress)[0].cpu()
-    except UserError as e:
-        raise UserError(f"{src}: {e}") from None
-    write_image(dst, sr, alpha, info, quality)
+    with memory_errors(f"{src}: not enough memory to upscale it"):   # whatever ran out, it ends this file only
+        rgb, alpha, info = read_image(src, max_pixels, scale=upscaler.scale)
+        check_encodable(dst, info, alpha is not None, quality)
+        try:
+            sr = upscaler.sample(rgb[None], progress)[0].cpu()
+        except UserError as e:
+            raise UserError(f"{src}: {e}") from None
+        write_image(dst, sr, alpha, info, quality)
 
 
 def plan_outputs(inputs, out):
