@@ -46,7 +46,12 @@ def require_memory(nbytes: float, what: str, device=None) -> None:
     available (see available_memory); nothing when the amount available is unknown."""
     available = available_memory(device)
     if available is not None and nbytes > available:
-        raise UserError(f"{what} needs {nbytes / GB:.1f} GB of memory and {available / GB:.1f} GB are available")
+        raise UserError(f"{what} needs {size(nbytes)} of memory and {size(available)} are available")
+
+
+def size(nbytes: float) -> str:
+    """A number of bytes in words: '35.2 GB', '12.5 MB'."""
+    return f"{nbytes / GB:.1f} GB" if nbytes >= 0.1 * GB else f"{nbytes / 1e6:.1f} MB"
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ecdp.choices import DEFAULT_ENGINE, ENGINES, PRECISIONS
+from ecdp.devices import checked_device
 from ecdp.engine import fast_engine
 from ecdp.errors import UserError
-from ecdp.memory import GB, is_out_of_memory, require_memory
+from ecdp.memory import is_out_of_memory, require_memory, size
 from ecdp.images import from_array, from_pil, to_array, to_pil
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
@@ -152,7 +153,7 @@ class Upscaler:
                 if not is_out_of_memory(e):
                     raise
                 raise UserError(f"out of memory on {self.device} for a {w}x{h} image (its result alone takes "
-                                f"{result / GB:.1f} GB); {_tile_advice(tile)}") from None
+                                f"{size(result)}); {_tile_advice(tile)}") from None
             finally:
                 if counter is not None:
                     counter.close()
@@ -236,13 +237,7 @@ def _parameter_device(resolver):
 
 
 def _device(name):
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"{name!r} is not a device name (try cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name} is not available: no CUDA GPU was found")
-    return device
+    return checked_device(name)
 
 
 def _tiling(tile, overlap, multiple):
