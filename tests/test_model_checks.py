@@ -1,6 +1,7 @@
 """Every value of a model's config.json and every weight checked on load; a non-finite output is an error."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -104,3 +105,18 @@ def test_non_finite_output_is_an_error_not_a_black_image(model):
         up.resolver.net.denoiser.head_conv.weight.fill_(3e38)
     with pytest.raises(UserError, match="the model gave non-finite values"):
         up.upscale(torch.rand(1, 3, 8, 8))
+
+
+def test_steps_beyond_what_a_solve_may_cost_are_refused_on_every_path(model, tmp_path, capsys):
+    """The bound lives in SamplerSpec: the Python API, the command line and the exporter all meet it."""
+    sentence = "solver euler takes a whole number of steps in [1, 1000], got 1000000000"   # the model's solver
+    with pytest.raises(UserError, match=rf"^{re.escape(sentence)}$"):
+        Upscaler.from_pretrained(model, steps=10**9)
+    Image.fromarray(random_uint8((8, 8, 3))).save(tmp_path / "in.png")
+    assert upscale(str(model), tmp_path / "in.png", "-o", tmp_path / "out", "--steps", "1000000000") == 1
+    assert one_line(capsys) == f"ecdp upscale: error: {sentence}"
+    from ecdp.export.graphs import ExportSpec, load_resolver
+    with pytest.raises(UserError, match=rf"^{re.escape(sentence)}\.$"):
+        load_resolver(str(model), ExportSpec(steps=10**9))
+    with pytest.raises(UserError, match=r"^the tolerance atol must be a finite number in \[1e-06, 1.0\], got 1e-300$"):
+        Upscaler.from_pretrained(model, solver="dopri5", atol=1e-300)
