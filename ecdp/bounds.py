@@ -6,6 +6,7 @@ folders (``ecdp.modelfile``), samplers (``ecdp.sampling.SamplerSpec``), checkpoi
 command-line options check against them where each value is made.
 """
 import math
+import os
 import struct
 from dataclasses import dataclass
 
@@ -37,6 +38,10 @@ MAX_BATCH = 4096
 
 MAX_TRAIN_STEPS = 10**9
 """Optimizer steps, warm-up, decay, logging and checkpoint intervals."""
+
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+"""CPU threads of the network: beyond the cores they only contend, and each takes its own buffers
+(OpenMP allocates per thread: a billion threads is hundreds of GB)."""
 
 MAX_SEED = 2**64 - 1
 """Seeds: what a torch generator takes."""

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ecdp.bounds import SEED
 from ecdp.choices import DEFAULT_ENGINE, ENGINES, PRECISIONS
 from ecdp.devices import checked_device
 from ecdp.engine import fast_engine
@@ -43,11 +44,13 @@ class Upscaler:
     sampled in tiles of AUTO_TILE; a resolver with ``tiles`` False (one fixed shape) is never
     tiled. device defaults to that of the resolver's parameters (CPU without any). One Upscaler
     may be shared by several threads: calls are serialized. Raises UserError for a bad device
-    name or tile.
+    name, tile or seed (a whole number in ``ecdp.bounds.SEED``).
     """
 
     def __init__(self, resolver, *, device: torch.device | str | None = None, seed: int = 0,
                  tile: int | None = None, overlap: int | None = None):
+        if not isinstance(seed, int) or seed not in SEED:
+            raise UserError(f"the seed must be a whole number {SEED}, got {seed!r}")
         self.resolver, self.device, self.seed = resolver, _device(device or _parameter_device(resolver)), seed
         self.tile, self.overlap = _tiling(tile, overlap, resolver.lr_multiple)
         self.auto_tile = _tiling(AUTO_TILE, overlap, resolver.lr_multiple)

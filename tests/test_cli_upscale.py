@@ -218,3 +218,15 @@ def test_devices_are_checked_before_anything_else(model, tmp_path, capsys, comma
     assert main([command, *map(str, args), "--device", device]) == 1
     assert one_line(capsys) == f"ecdp {command}: error: {sentence}"
     assert files_under(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("option, sentence", [
+    (["--threads", "1000000000"], r"--threads must be at most \d+ \(4 per CPU core\), got 1000000000"),
+    (["--seed", "-1"], r"the seed must be a whole number in \[0, 18446744073709551615\], got -1"),
+    (["--seed", str(2**70)], r"the seed must be a whole number in \[0, 18446744073709551615\], got \d+"),
+])
+def test_options_bounded_by_what_they_cost(model, tmp_path, capsys, option, sentence):
+    Image.fromarray(random_uint8((8, 8, 3))).save(tmp_path / "in.png")
+    assert upscale(model, tmp_path / "in.png", "-o", tmp_path / "out", *option) == 1
+    assert re.fullmatch(f"ecdp upscale: error: {sentence}", one_line(capsys))
+    assert files_under(tmp_path / "out") == []
