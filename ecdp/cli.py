@@ -3,7 +3,6 @@
 The command modules import PyTorch inside their ``run`` functions, so ``ecdp --help`` and every
 subcommand's ``--help`` answer without loading it.
 """
-import argparse
 import ctypes
 import importlib
 import sys
@@ -35,7 +34,7 @@ def keep_freed_memory() -> bool:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="ecdp", description="ECDP diffusion super-resolution")
+    parser = console.ArgumentParser(prog="ecdp", description="ECDP diffusion super-resolution")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"ecdp.commands.{name}").add_parser(sub)

@@ -7,7 +7,10 @@
 - ``set_quiet(True)`` (``--quiet``) silences both; errors are still printed by the commands.
 - ``silence_library_warnings()``: the FutureWarnings and logged warnings that PyTorch's exporters
   print about themselves, which say nothing about the user's input.
+- ``ArgumentParser``: argparse's parser whose option errors are one sentence and exit status 1,
+  like every other error of our commands.
 """
+import argparse
 import contextlib
 import logging
 import sys
@@ -17,6 +20,14 @@ import warnings
 from tqdm import tqdm
 
 _quiet = False
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser (and its subcommands' parsers) that reports a bad option as
+    ``PROG: error: MESSAGE`` on one line and exits with status 1, without the usage block."""
+
+    def error(self, message):
+        self.exit(1, f"{self.prog}: error: {message}\n")
 
 
 def set_quiet(quiet: bool) -> None:

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from ecdp.bounds import AT_LEAST_0, MAX_LEVELS, MAX_NET_SIZE, MAX_PARAMETERS, POSITIVE, SCALE, SIGMA, STEPS, Range
 from ecdp.choices import GRIDS, PARAMETRIZATIONS, SOLVERS
 from ecdp.errors import UserError
-from ecdp.fileio import atomic_path
+from ecdp.fileio import atomic_path, atomic_paths
 from ecdp.nets import NetConfig, PRESETS, build, count_parameters
 from ecdp.sampling import SamplerSpec
 
@@ -143,13 +143,12 @@ def _net_config(value, source):
 
 
 def save_model(folder, net, config):
-    """Write the weights and the config into ``folder``, each atomically."""
+    """Write the weights and the config into ``folder``, together (``ecdp.fileio.atomic_paths``)."""
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-    with atomic_path(folder / CONFIG) as tmp:
-        tmp.write_text(json.dumps(config.to_json(), indent=2) + "\n")
+    with atomic_paths(folder / WEIGHTS, folder / CONFIG) as (weights, config_file):
+        save_file(state, str(weights), metadata={"format": FORMAT})
+        config_file.write_text(json.dumps(config.to_json(), indent=2) + "\n")
 
 
 def read_config(folder):
