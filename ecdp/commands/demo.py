@@ -49,11 +49,13 @@ def run(args):
 
     from ecdp import console
     from ecdp.evaluation import mean_scores, print_table, save_strip, score_image
+    from ecdp.fileio import check_writable
     from ecdp.images import ImageInfo, write_image
     from ecdp.metrics import quantize
     from ecdp.resize import downscale, mod_crop
     from ecdp.upscaler import Upscaler
 
+    check_writable(args.out, folder=True)
     set_threads(args)
     upscaler = Upscaler.from_pretrained(args.checkpoint, device=args.device, **sampler_options(args))
     scale = upscaler.scale
