@@ -19,8 +19,8 @@ EXPORT_EXTRA = ("onnx", "onnxscript", "onnxruntime")
 def main(argv=None):
     args = _parser().parse_args(argv)
     console.set_quiet(args.quiet)
-    console.silence_library_warnings()
     try:
+        console.silence_library_warnings()   # imports torch: seconds in which Ctrl-C may come
         for path in _run(args):
             print(f"wrote {path}")
         return 0
