@@ -98,13 +98,12 @@ def _open(path, max_pixels, scale=1):
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     pixels = img.width * img.height
-    if pixels > max_pixels:
-        img.close()
-        raise UserError(f"{path}: {img.width}x{img.height} is {pixels:,} pixels, more than the limit of "
-                        f"{max_pixels:,}; pass --max-pixels {pixels} to allow it (it is then upscaled in tiles)")
     work = "upscaling" if scale > 1 else "decoding"
-    try:
+    try:   # first: a larger --max-pixels must not be suggested for an image the memory cannot take
         require_memory(pixels * (DECODE_BYTES + scale**2 * RESULT_BYTES), f"{work} its {img.width}x{img.height} pixels")
+        if pixels > max_pixels:
+            raise UserError(f"{img.width}x{img.height} is {pixels:,} pixels, more than the limit of {max_pixels:,}; "
+                            f"pass --max-pixels {pixels} to allow it (it is then upscaled in tiles)")
     except UserError as e:
         img.close()
         raise UserError(f"{path}: {e}") from None
