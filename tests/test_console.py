@@ -140,3 +140,15 @@ def test_ctrl_c_while_a_command_starts_is_one_line(monkeypatch, capsys, target, 
     main = export_cli.main if argv[0] == "--onnx" else ecdp_main
     assert main(argv) == 130
     assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_progress_every_n_items_still_speaks_when_items_are_slow(capsys, monkeypatch):
+    """Slow steps logged every 10: a line as soon as SILENT_SECONDS pass without one, not only at step 10."""
+    clock = iter(range(0, 1000, 20))   # every item takes 20 s
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    with console.progress(5, desc="quality", unit="step", every=10) as bar:
+        for _ in range(5):
+            bar.update()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["quality: step 2 of 5 done", "quality: step 4 of 5 done",
+                                                      "quality: step 5 of 5 done"]
