@@ -36,6 +36,10 @@ MAX_CROP = 4096
 MAX_BATCH = 4096
 """Global training batch."""
 
+MAX_BATCH_PIXELS = 2**26
+"""HR pixels of one training batch (batch x crop**2; 64 crops of 1024 x 1024): each pixel carries
+the network's activations through the forward and backward pass."""
+
 MAX_TRAIN_STEPS = 10**9
 """Optimizer steps, warm-up, decay, logging and checkpoint intervals."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ecdp.bounds import (AT_LEAST_0, MAX_BATCH, MAX_CROP, MAX_SIGMA_CROPS, MAX_TRAIN_STEPS, MAX_WORKERS, POSITIVE,
+from ecdp.bounds import (AT_LEAST_0, MAX_BATCH, MAX_BATCH_PIXELS, MAX_CROP, MAX_SIGMA_CROPS, MAX_TRAIN_STEPS, MAX_WORKERS, POSITIVE,
                          SCALE, SEED, SIGMA, STEPS, Range)
 from ecdp.choices import EVALS_PER_STEP, GRIDS, PARAMETRIZATIONS, SOLVERS, STAGES
 from ecdp.data import AUGMENTS
@@ -335,6 +335,12 @@ def _check(config):
     scale, crop = config.model.scale, config.data.crop
     if scale < 1 or (crop is not None and (crop < scale or crop % scale)):
         raise UserError(f"data.crop ({crop}) must be a positive multiple of model.scale ({scale}).")
+    for stage in STAGES:
+        batch = config.stage_settings(stage).batch
+        if crop is not None and batch * crop**2 > MAX_BATCH_PIXELS:
+            key = "train.batch" if stage == "score" else f"{stage}_stage.batch"
+            raise UserError(f"{key} ({batch}) times data.crop ({crop}) squared is {batch * crop**2:,} pixels a batch, "
+                            f"more than the limit of {MAX_BATCH_PIXELS:,}.")
 
 
 def _read_yaml(path):

@@ -51,7 +51,7 @@ class Upscaler:
                  tile: int | None = None, overlap: int | None = None):
         if not isinstance(seed, int) or seed not in SEED:
             raise UserError(f"the seed must be a whole number {SEED}, got {seed!r}")
-        self.resolver, self.device, self.seed = resolver, _device(device or _parameter_device(resolver)), seed
+        self.resolver, self.device, self.seed = resolver, checked_device(device or _parameter_device(resolver)), seed
         self.tile, self.overlap = _tiling(tile, overlap, resolver.lr_multiple)
         self.auto_tile = _tiling(AUTO_TILE, overlap, resolver.lr_multiple)
         self._lock = threading.Lock()
@@ -73,7 +73,7 @@ class Upscaler:
         engine's denoiser through torch.compile. options (seed, tile, overlap) as for Upscaler.
         Raises UserError for a bad sampler, engine, precision or device.
         """
-        device = _device(device)
+        device = checked_device(device)
         try:
             sampler = SamplerSpec.of(config, solver=solver, steps=steps, grid=grid, atol=atol, rtol=rtol)
         except ValueError as e:
@@ -237,10 +237,6 @@ def _parameter_device(resolver):
     """The device of the resolver's first parameter; the CPU for one without parameters."""
     parameters = resolver.parameters() if isinstance(resolver, torch.nn.Module) else ()
     return next((p.device for p in parameters), "cpu")
-
-
-def _device(name):
-    return checked_device(name)
 
 
 def _tiling(tile, overlap, multiple):

@@ -111,6 +111,13 @@ def test_out_of_range_values_are_named_with_their_range(item, message):
         load_config(None, [item])
 
 
+def test_a_batch_is_bounded_by_its_pixels(tmp_path):
+    with pytest.raises(UserError, match=r"^quality_stage.batch \(4096\) times data.crop \(4096\) squared is "
+                                        r"68,719,476,736 pixels a batch, more than the limit of 67,108,864\.$"):
+        load_config(None, ["data.crop=4096", "train.batch=1", "encoder_stage.batch=1", "quality_stage.batch=4096"])
+    assert load_config(None, ["data.crop=1024", "train.batch=64"]).train.batch == 64
+
+
 def test_yaml_values_are_range_checked_naming_the_file(tmp_path):
     with pytest.raises(UserError, match=r"^train.ema \(in .*config.yaml\) must be a finite number in \[0, 1\)"):
         load_config(write(tmp_path, "train:\n  ema: 1.0\n"))
