@@ -7,7 +7,9 @@ included) and 32-bit float gray in [0, 1]. Palette images come back as true colo
 when they have transparency), since super-resolution makes colours a palette cannot hold. The
 EXIF orientation is applied on reading; a colour profile and EXIF are carried to the output only
 where they still describe its pixels. Refused, each in one sentence: animations and multi-page
-files, 16-bit gray with alpha, integer samples above 16 bits and float samples outside [0, 1].
+files, 16-bit gray with alpha, integer samples above 16 bits and float samples outside [0, 1],
+and files whose decoding (and upscaling) needs more memory than is available, estimated from the
+header before anything is decoded.
 """
 import dataclasses
 import io
