@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from ecdp.bounds import AT_LEAST_0, AT_LEAST_1, MAX_TRAIN_STEPS, SIGMA, Range
+from ecdp.bounds import AT_LEAST_1, MAX_BATCH, MAX_TRAIN_STEPS, SIGMA, Range
 from ecdp.choices import STAGES
 from ecdp.errors import UserError
 from ecdp.fileio import fsync, os_errors, os_reason, remove_stale_temporaries, temporary_prefix
@@ -176,7 +176,8 @@ SCHEMA = {
     "step": _whole(Range(0, MAX_TRAIN_STEPS)),
     "sigma": lambda value: value is None or type(value) is float and value in SIGMA,
     "world": _whole(AT_LEAST_1),
-    "data": _keys(samples=_whole(AT_LEAST_0), unreadable=_list_of(str), files=lambda value: isinstance(value, str)),
+    "data": _keys(samples=_whole(Range(0, MAX_TRAIN_STEPS * MAX_BATCH)), unreadable=_list_of(str),
+                  files=lambda value: isinstance(value, str)),
     "optimizer": _keys(param_groups=_list_of(dict), scalars=lambda value: isinstance(value, dict)),
     "rng": _keys(python=lambda value: isinstance(value, list), numpy=lambda value: isinstance(value, list)),
     "config": lambda value: isinstance(value, dict),
