@@ -17,8 +17,8 @@ from ecdp.choices import DEFAULT_ENGINE, ENGINES, PRECISIONS
 from ecdp.devices import checked_device
 from ecdp.engine import fast_engine
 from ecdp.errors import UserError
-from ecdp.memory import is_out_of_memory, require_memory, size
 from ecdp.images import from_array, from_pil, to_array, to_pil
+from ecdp.memory import is_out_of_memory, require_memory, size
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
 from ecdp.sampling import SamplerSpec
@@ -134,7 +134,8 @@ class Upscaler:
         tiles x steps, or None for dopri5, whose network evaluations are counted instead.
         ``functools.partial(ecdp.console.progress, desc=...)`` is such a callable. A solve replayed
         from a CUDA graph updates it for all its steps at once. Raises ValueError for an empty, non-finite or
-        out-of-range y, and UserError when memory runs out or the model gives non-finite values.
+        out-of-range y, and UserError when the result alone needs more memory than is available
+        (checked before any work), when memory runs out or when the model gives non-finite values.
         """
         _check_tensor(y)
         s, (h, w) = self.resolver.scale, y.shape[-2:]
