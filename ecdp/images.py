@@ -100,9 +100,8 @@ def _open(path, max_pixels, scale=1):
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     pixels = img.width * img.height
-    work = "upscaling" if scale > 1 else "decoding"
     try:   # first: a larger --max-pixels must not be suggested for an image the memory cannot take
-        require_memory(pixels * (DECODE_BYTES + scale**2 * RESULT_BYTES), f"{work} its {img.width}x{img.height} pixels")
+        check_memory(img.width, img.height, scale)
         if pixels > max_pixels:
             raise UserError(f"{img.width}x{img.height} is {pixels:,} pixels, more than the limit of {max_pixels:,}; "
                             f"pass --max-pixels {pixels} to allow it (it is then upscaled in tiles)")
@@ -110,6 +109,13 @@ def _open(path, max_pixels, scale=1):
         img.close()
         raise UserError(f"{path}: {e}") from None
     return img
+
+
+def check_memory(width: int, height: int, scale: int = 1) -> None:
+    """Raise a UserError when reading a width x height image (and an upscale of it by `scale`, 1:
+    none) needs more memory than is available: DECODE_BYTES per pixel, RESULT_BYTES per result pixel."""
+    work = "upscaling" if scale > 1 else "decoding"
+    require_memory(width * height * (DECODE_BYTES + scale**2 * RESULT_BYTES), f"{work} its {width}x{height} pixels")
 
 
 def _is_sixteen_bit_color(img):

@@ -17,7 +17,7 @@ from ecdp.choices import DEFAULT_ENGINE, ENGINES, PRECISIONS
 from ecdp.devices import checked_device
 from ecdp.engine import fast_engine
 from ecdp.errors import UserError
-from ecdp.images import from_array, from_pil, to_array, to_pil
+from ecdp.images import check_memory, from_array, from_pil, to_array, to_pil
 from ecdp.memory import is_out_of_memory, require_memory, size
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
@@ -114,9 +114,12 @@ class Upscaler:
         same kind: a PIL image of the same mode (upright: its EXIF orientation applied; palette
         images come back as RGB or RGBA), an array of the same layout and dtype, or a
         (B,3,s h,s w) tensor on the input's device and dtype. Raises ValueError for an empty,
-        non-finite or out-of-range input, TypeError for anything else.
+        non-finite or out-of-range input, TypeError for anything else, and UserError for a PIL
+        image whose decoding and result need more memory than is available (checked before it is
+        decoded) and as ``sample`` does.
         """
         if isinstance(image, Image.Image):
+            check_memory(image.width, image.height, self.scale)   # before a lazily opened file is decoded
             rgb, alpha, info = from_pil(image)
             return to_pil(self.sample(rgb[None])[0].cpu(), alpha, info)
         if isinstance(image, np.ndarray):

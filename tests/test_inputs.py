@@ -10,6 +10,7 @@ import tifffile
 import torch
 from PIL import ExifTags, Image, ImageCms
 
+from ecdp.errors import UserError
 from ecdp.images import ImageInfo, _png16, read_image
 from ecdp.upscaler import Upscaler
 from test_cli_upscale import files_under, one_line, upscale
@@ -331,3 +332,15 @@ def test_12000_square_png_is_refused_by_default(model, tmp_path, capsys, monkeyp
     png_header_only(tmp_path / "big.png", 12000, 12000)
     assert upscale(model, tmp_path / "big.png", "--tile", 64, "-o", tmp_path / "out.png") == 1
     assert "big.png: 12000x12000 is 144,000,000 pixels, more than the limit" in one_line(capsys)
+
+
+def test_the_api_checks_the_memory_of_a_lazily_opened_image_before_decoding_it(upscaler, tmp_path, monkeypatch):
+    monkeypatch.setattr("ecdp.memory.available_memory", lambda device=None: 10**9)
+    png_header_only(tmp_path / "huge.png", 13500, 13500)
+    Image.MAX_IMAGE_PIXELS, limit = None, Image.MAX_IMAGE_PIXELS
+    try:
+        with Image.open(tmp_path / "huge.png") as image, pytest.raises(
+                UserError, match=r"^upscaling its 13500x13500 pixels needs 125.4 GB of memory and 1.0 GB are available$"):
+            upscaler.upscale(image)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
