@@ -1,7 +1,8 @@
 """Training checkpoints: ``OUT/checkpoints/step-N`` folders, written atomically, verified when read.
 
 A checkpoint holds safetensors files (weights, EMA, flattened Adam state, torch RNG states) and
-``state.json``, written last, which lists the SHA-256 of each of them. The folder is built under a
+``state.json``, written last, which lists the SHA-256 of each of them and carries the SHA-256 of
+its own content (``checksum``); its keys and their types are checked against SCHEMA. The folder is built under a
 temporary name and renamed when complete; old checkpoints are renamed away before they are
 deleted, so a killed process never leaves a half checkpoint under a ``step-N`` name. A checkpoint
 whose state.json cannot be read or whose files do not match their checksums is damaged: resuming
@@ -21,6 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from ecdp.bounds import AT_LEAST_1, MAX_BATCH, MAX_TRAIN_STEPS, SIGMA, Range
+from ecdp.choices import STAGES
 from ecdp.errors import UserError
 from ecdp.fileio import fsync, os_errors, os_reason, remove_stale_temporaries, temporary_prefix
 
@@ -57,7 +60,8 @@ def save_checkpoint(folder, state, tensors, keep):
             for name, group in tensors.items():
                 data = save({k: v.detach().contiguous().cpu() for k, v in group.items()})
                 files[f"{name}.safetensors"] = _write(tmp / f"{name}.safetensors", data)
-            _write(tmp / STATE, (json.dumps({**state, "files": files}, indent=1) + "\n").encode())
+            state = {**state, "files": files}
+            _write(tmp / STATE, (json.dumps({**state, "checksum": _digest(state)}, indent=1) + "\n").encode())
             fsync(tmp)
             if final.exists():
                 _remove(final)
@@ -78,9 +82,15 @@ def read_checkpoint(path):
         state = json.loads((path / STATE).read_bytes())
     except (OSError, ValueError) as e:
         raise UserError(f"its {STATE} cannot be read ({os_reason(e) or e})") from None
-    if not isinstance(state, dict) or not {"step", "config"} <= state.keys():
-        raise UserError(f"its {STATE} is incomplete")
-    checksums = state.get("files")  # absent in checkpoints of earlier versions
+    if not isinstance(state, dict) or "checksum" not in state:
+        raise UserError(f"its {STATE} has no checksum (written by an earlier version, or not a checkpoint)")
+    checksum = state.pop("checksum")
+    if checksum != _digest(state):
+        raise UserError(f"its {STATE} does not match its checksum (cut short or altered)")
+    wrong = next((key for key, valid in SCHEMA.items() if key not in state or not valid(state[key])), None)
+    if wrong is not None:
+        raise UserError(f"its {STATE} holds no valid \"{wrong}\"")
+    checksums = state["files"]
     tensors = {}
     for name in TENSOR_FILES:
         file = path / f"{name}.safetensors"
@@ -88,7 +98,7 @@ def read_checkpoint(path):
             data = file.read_bytes()
         except OSError as e:
             raise UserError(f"{file.name} cannot be read ({os_reason(e)})") from None
-        if checksums is not None and _sha256(data) != checksums.get(file.name):
+        if _sha256(data) != checksums.get(file.name):
             raise UserError(f"{file.name} does not match its checksum (cut short or altered)")
         try:
             tensors[name] = load(data)
@@ -141,6 +151,39 @@ def _write(path, data):
 
 def _sha256(data):
     return hashlib.sha256(data).hexdigest()
+
+
+def _digest(state):
+    """The SHA-256 of a JSON-able state, independent of the order of its keys."""
+    return _sha256(json.dumps(state, sort_keys=True).encode())
+
+
+def _whole(allowed):
+    return lambda value: type(value) is int and value in allowed
+
+
+def _keys(**valid):
+    """A check that a value is a dict whose keys ``valid`` names pass their checks."""
+    return lambda value: isinstance(value, dict) and all(k in value and check(value[k]) for k, check in valid.items())
+
+
+def _list_of(kind):
+    return lambda value: isinstance(value, list) and all(isinstance(item, kind) for item in value)
+
+
+SCHEMA = {
+    "stage": lambda value: value in STAGES,
+    "step": _whole(Range(0, MAX_TRAIN_STEPS)),
+    "sigma": lambda value: value is None or type(value) is float and value in SIGMA,
+    "world": _whole(AT_LEAST_1),
+    "data": _keys(samples=_whole(Range(0, MAX_TRAIN_STEPS * MAX_BATCH)), unreadable=_list_of(str),
+                  files=lambda value: isinstance(value, str)),
+    "optimizer": _keys(param_groups=_list_of(dict), scalars=lambda value: isinstance(value, dict)),
+    "rng": _keys(python=lambda value: isinstance(value, list), numpy=lambda value: isinstance(value, list)),
+    "config": lambda value: isinstance(value, dict),
+    "files": lambda value: isinstance(value, dict) and all(isinstance(v, str) for v in value.values()),
+}
+"""What each key of a state.json must hold (see ecdp.train's Trainer._state)."""
 
 
 def optimizer_tensors(optimizer):

@@ -3,7 +3,6 @@
 The command modules import PyTorch inside their ``run`` functions, so ``ecdp --help`` and every
 subcommand's ``--help`` answer without loading it.
 """
-import argparse
 import ctypes
 import importlib
 import sys
@@ -35,20 +34,28 @@ def keep_freed_memory() -> bool:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="ecdp", description="ECDP diffusion super-resolution")
+    """Run the ``ecdp`` command line; return its exit status: 0, 1 after an error (one sentence on
+    stderr) or 130 after Ctrl-C (one line, also while it starts)."""
+    prog = "ecdp"
+    try:
+        args = _parser().parse_args(argv)
+        prog = f"ecdp {args.command}"
+        console.set_quiet(args.quiet)
+        keep_freed_memory()
+        return args.run(args) or 0
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser():
+    parser = console.ArgumentParser(prog="ecdp", description="ECDP diffusion super-resolution")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"ecdp.commands.{name}").add_parser(sub)
     for command in sub.choices.values():
         command.add_argument("-q", "--quiet", action="store_true", help="print no progress, only results and errors")
-    args = parser.parse_args(argv)
-    console.set_quiet(args.quiet)
-    keep_freed_memory()
-    try:
-        return args.run(args) or 0
-    except UserError as e:
-        print(f"ecdp {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"ecdp {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return parser

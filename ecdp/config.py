@@ -7,7 +7,6 @@ changes a resumed run may take (RESUMABLE) and which it refuses.
 """
 import dataclasses
 import difflib
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,10 +14,13 @@ from pathlib import Path
 
 import yaml
 
+from ecdp.bounds import (AT_LEAST_0, MAX_BATCH, MAX_BATCH_PIXELS, MAX_CROP, MAX_SIGMA_CROPS, MAX_TRAIN_STEPS, MAX_WORKERS, POSITIVE,
+                         SCALE, SEED, SIGMA, STEPS, Range)
 from ecdp.choices import EVALS_PER_STEP, GRIDS, PARAMETRIZATIONS, SOLVERS, STAGES
 from ecdp.data import AUGMENTS
 from ecdp.errors import UserError
 from ecdp.features import FEATURE_MAPS
+from ecdp.memory import physical_memory
 from ecdp.nets import PRESETS
 from ecdp.sampling import SamplerSpec
 
@@ -34,53 +36,33 @@ CHOICES = {
 }
 
 
-@dataclass(frozen=True)
-class Range:
-    """Allowed numbers: finite, from ``low`` to ``high`` (None: unbounded), each end included unless open."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value):
-        return (math.isfinite(value)
-                and (self.low is None or value > self.low or (value == self.low and not self.low_open))
-                and (self.high is None or value < self.high or (value == self.high and not self.high_open)))
-
-    def __str__(self):
-        if self.high is None:
-            return f"{'greater than' if self.low_open else 'at least'} {self.low}"
-        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-
-
-AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, low_open=True)
 _SCHEDULE_RANGES = {
-    "steps": AT_LEAST_1, "minutes": POSITIVE, "batch": AT_LEAST_1, "lr": POSITIVE, "encoder_lr": AT_LEAST_0,
-    "warmup": AT_LEAST_0, "decay_steps": AT_LEAST_0, "ema": Range(0, 1, high_open=True),
+    "steps": Range(1, MAX_TRAIN_STEPS), "minutes": POSITIVE, "batch": Range(1, MAX_BATCH), "lr": POSITIVE,
+    "encoder_lr": AT_LEAST_0, "warmup": Range(0, MAX_TRAIN_STEPS), "decay_steps": Range(0, MAX_TRAIN_STEPS),
+    "ema": Range(0, 1, high_open=True),
 }
 RANGES = {
-    "model.scale": AT_LEAST_1,
-    "model.sigma": POSITIVE,
+    "model.scale": SCALE,
+    "model.sigma": SIGMA,
     "model.c": AT_LEAST_0,
-    "data.crop": AT_LEAST_1,
-    "data.center_resize": AT_LEAST_1,
-    "data.cache_mb": AT_LEAST_0,
-    "data.workers": AT_LEAST_0,
-    "data.sigma_crops": AT_LEAST_1,
+    "data.crop": Range(1, MAX_CROP),
+    "data.center_resize": Range(1, MAX_CROP),
+    "data.cache_mb": Range(0, None if physical_memory() is None else physical_memory() // 2**20),
+    "data.workers": Range(0, MAX_WORKERS),
+    "data.sigma_crops": Range(1, MAX_SIGMA_CROPS),
     **{f"{section}.{name}": allowed for section in ("train", "encoder_stage", "quality_stage")
        for name, allowed in _SCHEDULE_RANGES.items()},
     "train.gamma": Range(0, 1, low_open=True),
     "train.clip": AT_LEAST_0,
     "train.t_eps": Range(0, 1, low_open=True, high_open=True),
-    "train.checkpoint_every": AT_LEAST_0,
-    "train.keep_checkpoints": AT_LEAST_0,
-    "train.log_every": AT_LEAST_1,
-    "train.seed": Range(0, 2**64, high_open=True),
-    "train.check_sync_every": AT_LEAST_0,
+    "train.checkpoint_every": Range(0, MAX_TRAIN_STEPS),
+    "train.keep_checkpoints": Range(0, MAX_TRAIN_STEPS),
+    "train.log_every": Range(1, MAX_TRAIN_STEPS),
+    "train.seed": SEED,
+    "train.check_sync_every": Range(0, MAX_TRAIN_STEPS),
     "quality_stage.weight": AT_LEAST_0,
-    "quality_stage.ode_steps": AT_LEAST_1,
-    "sample.steps": AT_LEAST_1,
+    "quality_stage.ode_steps": STEPS,
+    "sample.steps": STEPS,
 }
 """The range of each numeric key (of each item of a list); null stays allowed where the type has it."""
 
@@ -340,8 +322,7 @@ def _check_value(key, value, source, nullable):
     allowed = RANGES.get(key)
     for item in (value if isinstance(value, list) else [value]):
         if allowed is not None and item is not None and item not in allowed:
-            kind = "a finite number " if isinstance(item, float) else ""
-            raise UserError(f"{key} (in {source}) must be {kind}{allowed}{' or null' if nullable else ''}, "
+            raise UserError(f"{key} (in {source}) must be {allowed.describe(item)}{' or null' if nullable else ''}, "
                             f"got {item!r}.")
 
 
@@ -354,6 +335,12 @@ def _check(config):
     scale, crop = config.model.scale, config.data.crop
     if scale < 1 or (crop is not None and (crop < scale or crop % scale)):
         raise UserError(f"data.crop ({crop}) must be a positive multiple of model.scale ({scale}).")
+    for stage in STAGES:
+        batch = config.stage_settings(stage).batch
+        if crop is not None and batch * crop**2 > MAX_BATCH_PIXELS:
+            key = "train.batch" if stage == "score" else f"{stage}_stage.batch"
+            raise UserError(f"{key} ({batch}) times data.crop ({crop}) squared is {batch * crop**2:,} pixels a batch, "
+                            f"more than the limit of {MAX_BATCH_PIXELS:,}.")
 
 
 def _read_yaml(path):

@@ -2,12 +2,15 @@
 
 - ``progress(total, desc=..., unit=...)``: a tqdm bar when stderr is a terminal; otherwise one
   line per finished item (``upscale: tile 3 of 8 done, 12 s, about 20 s left``), so logs stay
-  readable.
+  readable; with lines every N items, also one whenever SILENT_SECONDS pass without one.
 - ``stage(message)``: a line when a long step starts, and how long it took when it ends.
 - ``set_quiet(True)`` (``--quiet``) silences both; errors are still printed by the commands.
 - ``silence_library_warnings()``: the FutureWarnings and logged warnings that PyTorch's exporters
   print about themselves, which say nothing about the user's input.
+- ``ArgumentParser``: argparse's parser whose option errors are one sentence and exit status 1,
+  like every other error of our commands.
 """
+import argparse
 import contextlib
 import logging
 import sys
@@ -17,6 +20,16 @@ import warnings
 from tqdm import tqdm
 
 _quiet = False
+SILENT_SECONDS = 30
+"""The longest a progress counter that prints every N items stays silent while items finish."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser (and its subcommands' parsers) that reports a bad option as
+    ``PROG: error: MESSAGE`` on one line and exits with status 1, without the usage block."""
+
+    def error(self, message):
+        self.exit(1, f"{self.prog}: error: {message}\n")
 
 
 def set_quiet(quiet: bool) -> None:
@@ -32,7 +45,7 @@ def progress(total: int | None = None, *, desc: str, unit: str = "it", disable: 
 
     total: the number of items, or None when unknown; initial: those already done (a resumed run).
     On a terminal it is a tqdm bar on stderr; elsewhere it prints a line after every ``every``
-    items and after the last; with disable (e.g. on all ranks but the first) or under
+    items, after the last, and after any item that ends SILENT_SECONDS or more after the last line; with disable (e.g. on all ranks but the first) or under
     ``set_quiet(True)``, nothing.
     """
     if _quiet or disable:
@@ -49,13 +62,16 @@ class LineProgress:
     def __init__(self, total: int | None, *, desc: str, unit: str, initial: int = 0, every: int = 1):
         self.total, self.desc, self.unit, self.every = total, desc, unit, max(1, every)
         self.n = self.initial = initial
-        self.start, self.postfix = time.monotonic(), ""
+        self.start = self.printed = time.monotonic()
+        self.postfix = ""
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if self.n % self.every and self.n != self.total:
+        now = time.monotonic()
+        if self.n % self.every and self.n != self.total and now - self.printed < SILENT_SECONDS:
             return
-        elapsed = time.monotonic() - self.start
+        self.printed = now
+        elapsed = now - self.start
         count = f"{self.unit} {self.n} of {self.total}" if self.total else f"{self.unit} {self.n}"
         left = ""
         if self.total and self.n < self.total:

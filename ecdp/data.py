@@ -12,6 +12,7 @@ without it, a file that fails to decode later, in training, is skipped the same 
 memory that every DataLoader worker shares, never read again, and its samples taken from the
 next readable image, so the batches do not depend on which process found it.
 """
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -99,6 +100,12 @@ class SRDataset(torch.utils.data.Dataset):
             return quantize(downscale(x, self.scale)), x
         x, y = _augment(_random_crop_pair(hr, lr, self.crop, self.scale, generator), self.augment, generator)
         return to_float(y), to_float(x)
+
+    def fingerprint(self):
+        """A digest of the files the samples come from and their order: a dataset with another
+        fingerprint gives another data order."""
+        names = "\n".join(f"{hr}\t{lr or ''}" for hr, lr in self.pairs)
+        return hashlib.sha256(names.encode()).hexdigest()
 
     def unreadable(self):
         """The HR paths (str) of the pairs found unreadable in training so far, by any worker."""

@@ -68,20 +68,35 @@ def atomic_path(path):
     the writer's own temporaries go too); if the block succeeds, fsync the file, rename it onto
     ``path`` and fsync the folder. The temporary folder is removed in any case. I/O errors (of the
     block too) are raised as UserError naming ``path``."""
-    path = Path(path)
-    with os_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path.parent, re.escape(path.name))
-        folder = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), dir=path.parent))
-    tmp = folder / path.name
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths):
+    """atomic_path for files that go together: yield a temporary path for each of ``paths``; only when
+    the block has written them all are they fsynced and renamed into place, one right after the
+    other, so that an error or an interrupt while they are made leaves every earlier file as it was.
+    I/O errors are raised as UserError naming the first path."""
+    paths = [Path(p) for p in paths]
+    folders = []
     try:
-        with os_errors(path):
-            yield tmp
-            fsync(tmp)
-            os.replace(tmp, path)
-            fsync(path.parent)
+        with os_errors(paths[0]):
+            for path in paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(path.parent, re.escape(path.name))
+                folders.append(Path(tempfile.mkdtemp(prefix=temporary_prefix(path), dir=path.parent)))
+            temporaries = [folder / path.name for folder, path in zip(folders, paths)]
+            yield temporaries
+            for tmp in temporaries:
+                fsync(tmp)
+            for tmp, path in zip(temporaries, paths):
+                os.replace(tmp, path)
+            for parent in dict.fromkeys(path.parent for path in paths):
+                fsync(parent)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def temporary_prefix(path):

@@ -7,7 +7,9 @@ included) and 32-bit float gray in [0, 1]. Palette images come back as true colo
 when they have transparency), since super-resolution makes colours a palette cannot hold. The
 EXIF orientation is applied on reading; a colour profile and EXIF are carried to the output only
 where they still describe its pixels. Refused, each in one sentence: animations and multi-page
-files, 16-bit gray with alpha, integer samples above 16 bits and float samples outside [0, 1].
+files, 16-bit gray with alpha, integer samples above 16 bits and float samples outside [0, 1],
+and files whose decoding (and upscaling) needs more memory than is available, estimated from the
+header before anything is decoded.
 """
 import dataclasses
 import io
@@ -24,6 +26,7 @@ from PIL import ExifTags, Image, ImageOps
 from ecdp.choices import MAX_PIXELS, QUALITY
 from ecdp.errors import UserError
 from ecdp.fileio import atomic_path
+from ecdp.memory import memory_errors, require_memory
 from ecdp.resize import upscale
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -42,11 +45,23 @@ class ImageInfo:
     lossless: bool = True           # False for JPEG and lossy WebP inputs
 
 
-def read_image(path, max_pixels=MAX_PIXELS):
+DECODE_BYTES = 48
+"""Bytes per pixel of reading an image, at most: Pillow's decoded pixels (4), the samples' array (up
+to 8 for 16-bit RGBA), one float32 copy of up to 4 channels (16), and the RGB and alpha planes (16)."""
+
+RESULT_BYTES = 40
+"""Bytes per result pixel of an upscale and its writing: the float32 RGB result (12), the clamped
+copy that is quantized (up to 16 with alpha), its samples (up to 8) and Pillow's image (4)."""
+
+
+def read_image(path, max_pixels=MAX_PIXELS, scale=1):
     """(rgb (3,H,W) float32 in [0, 1], alpha (1,H,W) or None, ImageInfo) of an image file, upright.
 
-    A file that is missing, unreadable, animated, larger than `max_pixels` or of a refused sample
-    type raises a UserError naming it.
+    scale: the factor of the upscale that follows (1: none); the memory of decoding the image and
+    of that upscale's result (DECODE_BYTES per pixel, RESULT_BYTES per result pixel) is checked
+    against what is available before anything is decoded. A file that is missing, unreadable,
+    animated, larger than `max_pixels`, too large for the memory, or of a refused sample type
+    raises a UserError naming it; so does running out of memory while decoding it anyway.
     """
     path = Path(path)
     if not path.exists():
@@ -56,7 +71,7 @@ def read_image(path, max_pixels=MAX_PIXELS):
     if path.stat().st_size == 0:
         raise UserError(f"{path}: the file is empty")
     try:
-        with _open(path, max_pixels) as img:
+        with _open(path, max_pixels, scale) as img, memory_errors(f"{path}: not enough memory to decode it"):
             sixteen_bit_color = _is_sixteen_bit_color(img)
             img.load()
             low = _low_bytes(path) if sixteen_bit_color else None
@@ -75,17 +90,14 @@ class PixelError(ValueError):
     """Pixels of a kind that is refused (see the module docstring)."""
 
 
-class TooManyPixels(UserError):
-    """An image of more pixels than the limit it is read with (a service answers it 413, not 400)."""
-
-    def __init__(self, path, width: int, height: int, limit: int):
-        self.width, self.height, self.limit = width, height, limit
-        super().__init__(f"{path}: {width}x{height} is {width * height:,} pixels, more than the limit of {limit:,}; "
-                         f"pass --max-pixels {width * height} to allow it (it is then upscaled in tiles)")
+class TooLarge(UserError):
+    """An image larger than the pixel limit it is read with, or than the memory can take (a service
+    answers it 413, not 400)."""
 
 
-def _open(path, max_pixels):
-    """Image.open with our size limit in place of Pillow's decompression-bomb check; refuses animations."""
+def _open(path, max_pixels, scale=1):
+    """Image.open with our size and memory limits (see read_image) in place of Pillow's
+    decompression-bomb check; only the header is read."""
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -93,15 +105,22 @@ def _open(path, max_pixels):
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     pixels = img.width * img.height
-    if pixels > max_pixels:
+    try:   # first: a larger --max-pixels must not be suggested for an image the memory cannot take
+        check_memory(img.width, img.height, scale)
+        if pixels > max_pixels:
+            raise UserError(f"{img.width}x{img.height} is {pixels:,} pixels, more than the limit of {max_pixels:,}; "
+                            f"pass --max-pixels {pixels} to allow it (it is then upscaled in tiles)")
+    except UserError as e:
         img.close()
-        raise TooManyPixels(path, img.width, img.height, max_pixels)
-    frames = getattr(img, "n_frames", 1)
-    if frames > 1 and img.format != "MPO":
-        img.close()
-        raise UserError(f"{path}: has {frames} frames; ECDP upscales single images (each frame would get its own "
-                        f"noise and flicker), so save the frames as separate files first")
+        raise TooLarge(f"{path}: {e}") from None
     return img
+
+
+def check_memory(width: int, height: int, scale: int = 1) -> None:
+    """Raise a UserError when reading a width x height image (and an upscale of it by `scale`, 1:
+    none) needs more memory than is available: DECODE_BYTES per pixel, RESULT_BYTES per result pixel."""
+    work = "upscaling" if scale > 1 else "decoding"
+    require_memory(width * height * (DECODE_BYTES + scale**2 * RESULT_BYTES), f"{work} its {width}x{height} pixels")
 
 
 def _is_sixteen_bit_color(img):
@@ -142,10 +161,15 @@ def from_pil(img, low=None):
     """(rgb (3,H,W), alpha (1,H,W) or None, ImageInfo) of a PIL image of any common mode, upright.
 
     low: the low bytes of 16-bit colour samples (see read_image), or None. Raises ValueError for an
-    empty image and PixelError for refused samples.
+    empty image and PixelError for refused samples and for animations and multi-page images (the
+    second picture of a camera's MPO JPEG is ignored).
     """
     if img.width == 0 or img.height == 0:
         raise ValueError(f"the image is empty ({img.width}x{img.height})")
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1 and img.format != "MPO":
+        raise PixelError(f"has {frames} frames; ECDP upscales single images (each frame would get its own noise "
+                         "and flicker), so save the frames as separate files first")
     upright = ImageOps.exif_transpose(img)
     array = _samples(upright)
     if low is not None:
@@ -164,8 +188,9 @@ def from_array(array, info=None):
     """
     pixels = array.reshape(*array.shape[:2], -1)
     info = info or ImageInfo(gray=pixels.shape[-1] < 3, dtype=array.dtype.name)
-    levels = LEVELS.get(array.dtype.name, 1)
-    pixels = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32) / levels).permute(2, 0, 1)
+    samples = pixels.astype(np.float32)
+    samples /= LEVELS.get(array.dtype.name, 1)
+    pixels = torch.from_numpy(samples).permute(2, 0, 1)
     color = pixels[:1].expand(3, -1, -1).contiguous() if pixels.shape[0] < 3 else pixels[:3].contiguous()
     alpha = pixels[-1:].contiguous() if pixels.shape[0] in (2, 4) else None
     return color, alpha, info
@@ -176,32 +201,36 @@ def to_array(rgb, alpha, info):
     channels = rgb.mean(0, keepdim=True) if info.gray else rgb
     if alpha is not None:
         channels = torch.cat([channels, _fit(alpha, rgb.shape[-2:])])
-    channels = channels.float().clamp(0, 1)
+    channels = channels.float().clamp(0, 1)   # the one copy: scaled and rounded in place
     levels = LEVELS.get(info.dtype)
     if levels:
-        channels = (channels * levels).round()
+        channels.mul_(levels).round_()
     array = channels.permute(1, 2, 0).cpu().numpy().astype(info.dtype)
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
 def to_pil(rgb, alpha, info):
-    """The PIL image of rgb (3,H,W) in [0, 1], with alpha upscaled to its size, in the mode of `info`."""
+    """The PIL image of rgb (3,H,W) in [0, 1], with alpha upscaled to its size, in the mode of `info`,
+    carrying the colour profile and EXIF that `info` keeps (in ``.info``, which Pillow's writers read)."""
     array = to_array(rgb, alpha, info)
     if not _pil_holds(array):
         raise PixelError(f"PIL cannot hold {_depth(array)} colour images; pass an array instead")
-    return Image.fromarray(array)
+    img = Image.fromarray(array)
+    img.info.update({k: v for k, v in (("icc_profile", info.icc_profile), ("exif", info.exif)) if v})
+    return img
 
 
 def write_image(path, rgb, alpha, info, quality=QUALITY):
     """Quantize rgb (3,H,W) (clamp, round) and write it atomically in the mode `info` records."""
     path = Path(path)
     fmt = save_format(path)
-    array = to_array(rgb, alpha, info)
-    try:
-        with atomic_path(path) as tmp:
-            _encode(tmp, array, fmt, info, quality)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: cannot be written as {fmt} ({_reason(e)})") from None
+    with memory_errors(f"{path}: not enough memory to write it"):
+        array = to_array(rgb, alpha, info)
+        try:
+            with atomic_path(path) as tmp:
+                _encode(tmp, array, fmt, info, quality)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path}: cannot be written as {fmt} ({_reason(e)})") from None
 
 
 def encode_image(rgb, alpha, info, fmt, quality=QUALITY) -> bytes:
@@ -310,12 +339,23 @@ def _samples(img):
             raise PixelError("32-bit integer samples outside 0..65535 are not supported (write 8 or 16 bits)")
         return array.astype(np.uint16)
     if img.mode == "F":
-        array = np.asarray(img, dtype=np.float32)
-        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise PixelError(f"float samples must be finite and lie in [0, 1], found {np.nanmin(array):g} to "
-                             f"{np.nanmax(array):g}")
-        return array
+        return _unit_floats(np.asarray(img, dtype=np.float32))
     return np.asarray(_standard_mode(img), dtype=np.uint8)
+
+
+def _unit_floats(array):
+    """`array` if its samples are finite and in [0, 1], else a PixelError counting what is not."""
+    finite = np.isfinite(array)
+    outside = np.count_nonzero(finite & ((array < 0) | (array > 1)))
+    if finite.all() and not outside:
+        return array
+    nan = np.count_nonzero(np.isnan(array))
+    found = [f"{n:,} {what}" for n, what in ((nan, "NaN"), (array.size - np.count_nonzero(finite) - nan, "infinite"),
+                                             (outside, "outside [0, 1]")) if n]
+    values = array[finite]
+    spread = f" (the finite ones from {values.min():g} to {values.max():g})" if values.size else ""
+    raise PixelError(f"float samples must be finite and lie in [0, 1]; found {', '.join(found)} of "
+                     f"{array.size:,} samples{spread}")
 
 
 def _exif(img):

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
+from ecdp.bounds import AT_LEAST_0, MAX_LEVELS, MAX_NET_SIZE, MAX_PARAMETERS, POSITIVE, SCALE, SIGMA, STEPS, Range
 from ecdp.choices import GRIDS, PARAMETRIZATIONS, SOLVERS
 from ecdp.errors import UserError
-from ecdp.fileio import atomic_path
-from ecdp.nets import NetConfig, PRESETS, build
+from ecdp.fileio import atomic_path, atomic_paths
+from ecdp.nets import NetConfig, PRESETS, build, count_parameters
 from ecdp.sampling import SamplerSpec
 
 FORMAT = "ecdp-model"
@@ -73,20 +74,19 @@ class ModelConfig:
         return cls(**fields)
 
 
-def _positive_int(value):
-    return type(value) is int and value >= 1
+def _whole(allowed):
+    return lambda value: type(value) is int and value in allowed, f"a whole number {allowed}"
 
 
-def _positive_number(value):
-    return type(value) in (int, float) and math.isfinite(value) and value > 0
+def _number(allowed):
+    return lambda value: type(value) in (int, float) and value in allowed, f"a finite number {allowed}"
 
 
-def _non_negative_number(value):
-    return type(value) in (int, float) and math.isfinite(value) and value >= 0
-
-
-def _positive_ints(value):
-    return isinstance(value, list) and len(value) > 0 and all(map(_positive_int, value))
+def _whole_list(allowed, longest):
+    def valid(value):
+        return isinstance(value, list) and 0 < len(value) <= longest and all(type(v) is int and v in allowed
+                                                                             for v in value)
+    return valid, f"a list of 1 to {longest} whole numbers {allowed}"
 
 
 def _one_of(choices):
@@ -94,17 +94,16 @@ def _one_of(choices):
 
 
 CHECKS = {
-    "scale": (_positive_int, "a whole number of at least 1"),
-    "sigma": (_positive_number, "a finite number above 0"),
+    "scale": _whole(SCALE),
+    "sigma": _number(SIGMA),
     "param": _one_of(PARAMETRIZATIONS),
-    "c": (_non_negative_number, "a finite number of at least 0"),
+    "c": _number(AT_LEAST_0),
     "solver": _one_of(SOLVERS),
-    "steps": (_positive_int, "a whole number of at least 1"),
+    "steps": _whole(STEPS),
     "grid": _one_of(GRIDS),
 }
-NET_CHECKS = {int: (_positive_int, "a whole number of at least 1"),
-              float: (_positive_number, "a finite number above 0"),
-              tuple[int, ...]: (_positive_ints, "a non-empty list of whole numbers of at least 1")}
+NET_SIZE = Range(1, MAX_NET_SIZE)
+NET_CHECKS = {int: _whole(NET_SIZE), float: _number(POSITIVE), tuple[int, ...]: _whole_list(NET_SIZE, MAX_LEVELS)}
 
 
 def _check_value(key, value, check, source):
@@ -133,20 +132,23 @@ def _net_config(value, source):
         _check_value(f"net.{key}", item, NET_CHECKS[types[key]], source)
     net = NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
     try:
-        build(net)
+        with torch.device("meta"):   # shapes only: nothing is allocated
+            parameters = count_parameters(build(net))
     except (ValueError, RuntimeError, IndexError, ZeroDivisionError) as e:
         raise ModelFileError(f"{source}: \"net\" describes no network that can be built ({e}).") from None
+    if parameters > MAX_PARAMETERS:
+        raise ModelFileError(f"{source}: \"net\" describes a network of {parameters:,} parameters, more than the "
+                             f"limit of {MAX_PARAMETERS:,}.")
     return net
 
 
 def save_model(folder, net, config):
-    """Write the weights and the config into ``folder``, each atomically."""
+    """Write the weights and the config into ``folder``, together (``ecdp.fileio.atomic_paths``)."""
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-    with atomic_path(folder / CONFIG) as tmp:
-        tmp.write_text(json.dumps(config.to_json(), indent=2) + "\n")
+    with atomic_paths(folder / WEIGHTS, folder / CONFIG) as (weights, config_file):
+        save_file(state, str(weights), metadata={"format": FORMAT})
+        config_file.write_text(json.dumps(config.to_json(), indent=2) + "\n")
 
 
 def read_config(folder):
@@ -179,23 +181,37 @@ def load_model(folder, device="cpu"):
 def _read_weights(path, expected):
     if not path.is_file():
         raise ModelFileError(f"{path.parent} is not an ECDP model: {WEIGHTS} is missing.")
+    return read_tensors(path, expected, "its config")
+
+
+def read_tensors(path: Path, expected: dict, owner: str) -> dict:
+    """The tensors of the safetensors file `path`, checked whole against `expected` ({name: tensor}):
+    the header first (the same names and shapes, before any tensor is read), then that every float
+    value is finite. owner names what `expected` comes from in the messages ('its config'). Raises
+    ModelFileError naming the file and the problem."""
     try:
-        state = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            _check_shapes(path, shapes, expected, owner)
+            state = {k: f.get_tensor(k) for k in shapes}
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFileError(f"{path} is not a valid safetensors file ({e}).") from None
-    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
-    if missing or unexpected:
-        raise ModelFileError(f"{path} does not match its config: {len(missing)} tensors missing "
-                             f"(e.g. {_first(missing)}), {len(unexpected)} unexpected (e.g. {_first(unexpected)}).")
-    for k, v in expected.items():
-        if state[k].shape != v.shape:
-            raise ModelFileError(f"{path} does not match its config: {k} has shape "
-                                 f"{tuple(state[k].shape)}, the config needs {tuple(v.shape)}.")
     broken = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
     if broken:
         raise ModelFileError(f"{path} holds non-finite weights (NaN or infinity) in {len(broken)} tensors "
                              f"(e.g. {broken[0]}).")
     return state
+
+
+def _check_shapes(path, shapes, expected, owner):
+    missing, unexpected = expected.keys() - shapes.keys(), shapes.keys() - expected.keys()
+    if missing or unexpected:
+        raise ModelFileError(f"{path} does not match {owner}: {len(missing)} tensors missing "
+                             f"(e.g. {_first(missing)}), {len(unexpected)} unexpected (e.g. {_first(unexpected)}).")
+    for k, v in expected.items():
+        if shapes[k] != tuple(v.shape):
+            raise ModelFileError(f"{path} does not match {owner}: {k} has shape "
+                                 f"{shapes[k]}, {owner} needs {tuple(v.shape)}.")
 
 
 def _first(keys):
@@ -232,8 +248,4 @@ def read_encoder(path, encoder):
     path = path / ENCODER_FILE if path.is_dir() else path
     if not path.is_file():
         raise UserError(f"train.init_encoder: {path} does not exist (expected the encoder stage's {ENCODER_FILE}).")
-    state = load_file(str(path))
-    expected = encoder.state_dict()
-    if state.keys() != expected.keys() or any(state[k].shape != v.shape for k, v in expected.items()):
-        raise UserError(f"{path} does not fit the encoder of model.preset (trained with another preset?).")
-    return state
+    return read_tensors(path, encoder.state_dict(), "the encoder of model.preset (trained with another preset?)")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ecdp.devices import checked_device
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -50,13 +52,14 @@ class Ranks:
 def join(device=None) -> Ranks:
     """Join the torchrun group (WORLD_SIZE, RANK, LOCAL_RANK), or be the only rank.
 
-    device: a device name; default CUDA when available, else the CPU. On CUDA under torchrun each
-    process takes the GPU of its local rank (cuda:LOCAL_RANK), and becomes its current device.
+    device: a device name; default CUDA when available, else the CPU; checked first, before the group
+    is joined (``ecdp.devices.checked_device``). On CUDA under torchrun each process takes the GPU of
+    its local rank (cuda:LOCAL_RANK), and becomes its current device.
     """
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = checked_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else device.index or 0)
+        device = checked_device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) if world > 1 else device.index or 0}")
         torch.cuda.set_device(device)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.utils.checkpoint
 
+from ecdp.bounds import STEPS, TOLERANCE, Range
 from ecdp.choices import EVALS_PER_STEP, GRIDS, SOLVERS
 from ecdp.parametrization import data_estimate
 from ecdp.sde import alpha, log_snr, probability_flow_drift, time_grid
@@ -21,9 +22,10 @@ from ecdp.sde import alpha, log_snr, probability_flow_drift, time_grid
 class SamplerSpec:
     """How the probability-flow ODE is solved from t = 1 down to t_end; checked when made.
 
-    solver: one of ``ecdp.choices.SOLVERS``; steps: the steps of a fixed-step solver (at least 1;
-    dopri5 ignores it); grid: "uniform" in t or "logsnr" (``ecdp.sde.time_grid``); atol, rtol:
-    dopri5's tolerances (> 0); t_end: where the solve stops, in (0, 1). The defaults are those of
+    solver: one of ``ecdp.choices.SOLVERS``; steps: the steps of a fixed-step solver (1 to
+    ``ecdp.bounds.MAX_STEPS``; dopri5 ignores it); grid: "uniform" in t or "logsnr"
+    (``ecdp.sde.time_grid``); atol, rtol: dopri5's tolerances (``ecdp.bounds.TOLERANCE``); t_end:
+    where the solve stops, in (0, 1) and not 0 in float32. The defaults are those of
     a model config that names no sampler (``ModelConfig``); the paper samples with an adaptive
     Runge-Kutta solver (dopri5 here). Raises ValueError, in one sentence, for any value outside those.
     """
@@ -40,12 +42,14 @@ class SamplerSpec:
             raise ValueError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if self.grid not in GRIDS:
             raise ValueError(f"unknown time grid {self.grid!r}; choose one of {', '.join(GRIDS)}")
-        if self.fixed_step and (not isinstance(self.steps, int) or self.steps < 1):
-            raise ValueError(f"solver {self.solver} needs at least one step, got {self.steps}")
-        if not (self.atol > 0 and self.rtol > 0):
-            raise ValueError(f"the tolerances must be positive, got atol {self.atol} and rtol {self.rtol}")
-        if not 0 < self.t_end < 1:
-            raise ValueError(f"t_end must lie between 0 and 1, got {self.t_end}")
+        if self.fixed_step and (type(self.steps) is not int or self.steps not in STEPS):
+            raise ValueError(f"solver {self.solver} takes a whole number of steps {STEPS}, got {self.steps!r}")
+        for name in ("atol", "rtol"):
+            if getattr(self, name) not in TOLERANCE:
+                raise ValueError(f"the tolerance {name} must be {TOLERANCE.describe(float(getattr(self, name)))}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.t_end not in Range(0, 1, low_open=True, high_open=True):
+            raise ValueError(f"t_end must lie between 0 and 1 (and not be 0 in float32), got {self.t_end!r}")
 
     @classmethod
     def of(cls, config, **overrides) -> "SamplerSpec":

@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ecdp import console
+from ecdp.bounds import MIN_SIGMA
 from ecdp.checkpoints import (CHECKPOINTS, latest_checkpoint, optimizer_meta, optimizer_state_dict,
                               optimizer_tensors, python_rng_state, remove_checkpoint, resume_point,
                               save_checkpoint, set_rng_state, torch_rng_state)
@@ -60,9 +61,6 @@ from ecdp.trainlog import LossLog
 
 LOG = "log.csv"
 EVENTS = "train.log"
-MIN_SIGMA = 1e-4
-"""Smallest estimated sigma: the 8-bit rounding of the LR images alone gives about 1e-3; below, z = (x - mu) / sigma
-would be float rounding noise blown up."""
 
 
 def train(config, *, stage, out, resume=False, device=None):
@@ -88,7 +86,11 @@ class Trainer:
         self.changes = self._resume_changes(checkpoint, state)
         self.dataset = _dataset(config)
         if state:
-            self.dataset.mark_unreadable(state["data"].get("unreadable", []))
+            if state["data"]["files"] != self.dataset.fingerprint():
+                raise UserError(f"--resume cannot continue {checkpoint}: the training images in "
+                                f"{', '.join(config.data.hr)} are not those it was trained on (files added, removed or "
+                                "renamed change the data order); restore them, or train into another --out.")
+            self.dataset.mark_unreadable(state["data"]["unreadable"])
         self.reported = set(self.dataset.unreadable())
         torch.manual_seed(self.settings.seed)
         self.objective, self.sigma = self._build(state)
@@ -309,7 +311,7 @@ class Trainer:
 
     def _state(self, unreadable):
         return {"stage": self.stage, "step": self.step, "sigma": self.sigma, "world": self.process.world,
-                "data": {"samples": self.samples, "unreadable": unreadable},
+                "data": {"samples": self.samples, "unreadable": unreadable, "files": self.dataset.fingerprint()},
                 "optimizer": optimizer_meta(self.optimizer), "rng": python_rng_state(),
                 "config": self.config.to_dict()}
 

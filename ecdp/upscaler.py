@@ -11,9 +11,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ecdp.bounds import SEED
 from ecdp.choices import DEFAULT_ENGINE
+from ecdp.devices import checked_device
 from ecdp.errors import UserError
-from ecdp.images import from_array, from_pil, to_array, to_pil
+from ecdp.images import check_memory, from_array, from_pil, to_array, to_pil
+from ecdp.memory import is_out_of_memory, require_memory, size
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
 from ecdp.sampling import SamplerSpec
@@ -40,12 +43,14 @@ class Upscaler:
     sampled in tiles of AUTO_TILE; a resolver with ``tiles`` False (one fixed shape) is never
     tiled. device defaults to that of the resolver's parameters (CPU without any). One Upscaler
     may be shared by several threads: calls are serialized. Raises UserError for a bad device
-    name or tile.
+    name, tile or seed (a whole number in ``ecdp.bounds.SEED``).
     """
 
     def __init__(self, resolver, *, device: torch.device | str | None = None, seed: int = 0,
                  tile: int | None = None, overlap: int | None = None):
-        self.resolver, self.device, self.seed = resolver, _device(device or _parameter_device(resolver)), seed
+        if not isinstance(seed, int) or seed not in SEED:
+            raise UserError(f"the seed must be a whole number {SEED}, got {seed!r}")
+        self.resolver, self.device, self.seed = resolver, checked_device(device or _parameter_device(resolver)), seed
         self.tile, self.overlap = _tiling(tile, overlap, resolver.lr_multiple)
         self.auto_tile = _tiling(AUTO_TILE, overlap, resolver.lr_multiple)
         self._lock = threading.Lock()
@@ -66,7 +71,7 @@ class Upscaler:
         given, is used as it is instead. options (seed, tile, overlap) as for Upscaler. Raises
         UserError for a bad sampler, engine, precision or device.
         """
-        device = _device(device)
+        device = checked_device(device)
         try:
             sampler = SamplerSpec.of(config, solver=solver, steps=steps, grid=grid, atol=atol, rtol=rtol)
             speed = speed or Speed.choose(engine, device, sampler.fixed_step, precision, compile)
@@ -108,9 +113,12 @@ class Upscaler:
         same kind: a PIL image of the same mode (upright: its EXIF orientation applied; palette
         images come back as RGB or RGBA), an array of the same layout and dtype, or a
         (B,3,s h,s w) tensor on the input's device and dtype. Raises ValueError for an empty,
-        non-finite or out-of-range input, TypeError for anything else.
+        non-finite or out-of-range input, TypeError for anything else, and UserError for a PIL
+        image whose decoding and result need more memory than is available (checked before it is
+        decoded) and as ``sample`` does.
         """
         if isinstance(image, Image.Image):
+            check_memory(image.width, image.height, self.scale)   # before a lazily opened file is decoded
             rgb, alpha, info = from_pil(image)
             return to_pil(self.sample(rgb[None])[0].cpu(), alpha, info)
         if isinstance(image, np.ndarray):
@@ -135,14 +143,17 @@ class Upscaler:
         tiles x steps, or None for dopri5, whose network evaluations are counted instead.
         ``functools.partial(ecdp.console.progress, desc=...)`` is such a callable. A solve replayed
         from a CUDA graph updates it for all its steps at once. Raises ValueError for an empty, non-finite or
-        out-of-range y, and UserError when memory runs out or the model gives non-finite values.
+        out-of-range y, and UserError when the result alone needs more memory than is available
+        (checked before any work), when memory runs out or when the model gives non-finite values.
         """
         _check_tensor(y)
         if seeds is not None and len(seeds) != y.shape[0]:
             raise ValueError(f"expected one seed per image ({y.shape[0]}), got {len(seeds)}")
+        s, (h, w) = self.resolver.scale, y.shape[-2:]
+        result = y.shape[0] * 3 * s * h * s * w * 4
+        require_memory(result, f"the {s * w}x{s * h} result of a {w}x{h} image alone", self.device)
         with self._lock, torch.inference_mode():
             y = y.to(self.device, torch.float32)
-            s, (h, w) = self.resolver.scale, y.shape[-2:]
             padded = _pad(y, self.resolver.lr_multiple)
             tile, overlap = self._tiles_for(padded)
             counter = self._counter(progress, padded, tile, overlap)
@@ -155,11 +166,10 @@ class Upscaler:
                     x, self.last_nfe = self.resolver.run(*self._region(y, padded, 0, 0, *padded.shape[-2:], seeds),
                                                          callback)
             except (torch.OutOfMemoryError, RuntimeError) as e:
-                if not _out_of_memory(e):
+                if not is_out_of_memory(e):
                     raise
-                size = y.shape[0] * 3 * s * h * s * w * 4 / 1e9
                 raise UserError(f"out of memory on {self.device} for a {w}x{h} image (its result alone takes "
-                                f"{size:.1f} GB); {_tile_advice(tile)}") from None
+                                f"{size(result)}); {_tile_advice(tile)}") from None
             finally:
                 if counter is not None:
                     counter.close()
@@ -216,12 +226,6 @@ def _region_upscale(upscale, y, top, left, height, width, scale):
     return F.pad(mu, (0, scale * width - mu.shape[-1], 0, scale * height - mu.shape[-2]))
 
 
-def _out_of_memory(error):
-    """Whether an exception is an allocator's out-of-memory (CUDA raises OutOfMemoryError, the CPU a RuntimeError)."""
-    text = str(error)
-    return isinstance(error, torch.OutOfMemoryError) or "DefaultCPUAllocator" in text or "out of memory" in text
-
-
 def _tile_advice(tile):
     if tile:
         return f"pass a smaller tile than {tile} LR pixels (--tile PX) or a smaller image"
@@ -232,16 +236,6 @@ def _parameter_device(resolver):
     """The device of the resolver's first parameter; the CPU for one without parameters."""
     parameters = resolver.parameters() if isinstance(resolver, torch.nn.Module) else ()
     return next((p.device for p in parameters), "cpu")
-
-
-def _device(name):
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"{name!r} is not a device name (try cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name} is not available: no CUDA GPU was found")
-    return device
 
 
 def _tiling(tile, overlap, multiple):

@@ -8,6 +8,7 @@ import importlib.util
 import sys
 
 from ecdp import console
+from ecdp.bounds import POSITIVE
 from ecdp.choices import EVALS_PER_STEP, GRIDS, ONNX_GRAPHS
 from ecdp.errors import UserError
 from ecdp.fileio import check_writable
@@ -18,8 +19,8 @@ EXPORT_EXTRA = ("onnx", "onnxscript", "onnxruntime")
 def main(argv=None):
     args = _parser().parse_args(argv)
     console.set_quiet(args.quiet)
-    console.silence_library_warnings()
     try:
+        console.silence_library_warnings()   # imports torch: seconds in which Ctrl-C may come
         for path in _run(args):
             print(f"wrote {path}")
         return 0
@@ -68,7 +69,7 @@ def require_export_extra(option):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="ecdp-export", description="Export the fixed-step ECDP solve of a model "
+    parser = console.ArgumentParser(prog="ecdp-export", description="Export the fixed-step ECDP solve of a model "
                                      "folder (or 'default') for deployment.")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--onnx", metavar="MODEL", help="write ONNX graph(s)")
@@ -87,7 +88,7 @@ def _parser():
                            help="network in fp16 (GroupNorm statistics and ODE state stay fp32)")
     precision.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="network in bf16")
     parser.set_defaults(precision="fp32")
-    parser.add_argument("--workspace", type=float, default=4.0, metavar="GIB", help="TensorRT workspace limit")
+    parser.add_argument("--workspace", type=_gib, default=4.0, metavar="GIB", help="TensorRT workspace limit")
     parser.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache, read if present and updated")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="AOTInductor target (default: cuda if available)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print no progress, only errors and the files written")
@@ -98,6 +99,16 @@ def _positive(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return int(text)
+
+
+def _gib(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value not in POSITIVE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of GiB above 0")
+    return value
 
 
 def _size(text):

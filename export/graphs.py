@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ecdp.choices import MAX_PIXELS
 from ecdp.errors import UserError
 from ecdp.modelfile import load_model, resolve_model
 from ecdp.pipeline import SuperResolver
@@ -39,6 +40,10 @@ def load_resolver(model: str, spec: ExportSpec, device: str = "cpu") -> SuperRes
         raise UserError(f"{e}.") from None
     if spec.batch < 1 or min(spec.lr_size) < 1:
         raise UserError(f"batch and LR size must be positive, got batch {spec.batch} and {_size(spec.lr_size)}.")
+    pixels = spec.batch * spec.lr_size[0] * spec.lr_size[1]
+    if pixels > MAX_PIXELS:
+        raise UserError(f"batch {spec.batch} of {_size(spec.lr_size)} LR images is {pixels:,} pixels, more than "
+                        f"the {MAX_PIXELS:,} an exported graph may take.")
     if any(n % config.lr_multiple for n in spec.lr_size):
         raise UserError(f"LR size {_size(spec.lr_size)} times the scale {config.scale} must be a multiple of "
                         f"{config.net.size_multiple} for this network.")

@@ -19,6 +19,7 @@ Host loop over the step graph (t_i from the metadata key ``ecdp.time_grid``)::
         z = step(z, t, t_next, *cond)
     sr = clip(mu + sigma * z, 0, 1)
 """
+import hashlib
 import json
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import torch
 from ecdp import console
 from ecdp.export.graphs import (EncoderGraph, ExportSpec, StepGraph, example_inputs, export_program, load_resolver,
                                 metadata, step_times)
-from ecdp.fileio import atomic_path
+from ecdp.fileio import atomic_paths
 from ecdp.pipeline import to_image
 
 OPSET = 18
@@ -41,6 +42,9 @@ def export_onnx(model: str, path: str | Path, spec: ExportSpec, graph: str = "fu
 
     graph "full": inputs (lr, noise), output sr. graph "step": ``path`` holds the step graph
     (z, t, t_next, cond_0.. -> z_next) and ``encoder_path(path)`` the encoder (lr -> mu, cond_0..).
+    The two go together: both are traced before either is written, they are renamed into place
+    together (``ecdp.fileio.atomic_paths``), and both carry the metadata key PAIR, a digest of the
+    two graphs, which ``run_step_graphs`` checks.
     """
     path = Path(path)
     resolver = load_resolver(model, spec)
@@ -51,17 +55,28 @@ def export_onnx(model: str, path: str | Path, spec: ExportSpec, graph: str = "fu
         return {**metadata(resolver, spec), "ecdp.graph": kind, **extra}
 
     if graph == "full":
-        write_onnx(resolver, (lr, noise), ["lr", "noise"], ["sr"], path, meta("full"), opset)
-        return [path]
-    step, encoder = StepGraph(resolver), EncoderGraph(resolver)
-    with torch.no_grad():
-        _, *cond = encoder(lr)
-    names = [f"cond_{i}" for i in range(len(cond))]
-    write_onnx(encoder, (lr,), ["lr"], ["mu", *names], encoder_path(path), meta("encoder"), opset)
-    t, t_next = torch.ones(spec.batch), torch.zeros(spec.batch)  # two tensors: one passed twice would alias
-    write_onnx(step, (noise, t, t_next, *cond), ["z", "t", "t_next", *names], ["z_next"], path,
-               meta("step", **{"ecdp.time_grid": json.dumps(step_times(resolver))}), opset)
-    return [encoder_path(path), path]
+        graphs = {path: onnx_model(resolver, (lr, noise), ["lr", "noise"], ["sr"], path, meta("full"), opset)}
+    else:
+        step, encoder = StepGraph(resolver), EncoderGraph(resolver)
+        with torch.no_grad():
+            _, *cond = encoder(lr)
+        names = [f"cond_{i}" for i in range(len(cond))]
+        t, t_next = torch.ones(spec.batch), torch.zeros(spec.batch)  # two tensors: one passed twice would alias
+        graphs = {encoder_path(path): onnx_model(encoder, (lr,), ["lr"], ["mu", *names], encoder_path(path),
+                                                 meta("encoder"), opset),
+                  path: onnx_model(step, (noise, t, t_next, *cond), ["z", "t", "t_next", *names], ["z_next"], path,
+                                   meta("step", **{"ecdp.time_grid": json.dumps(step_times(resolver))}), opset)}
+        pair = hashlib.sha256(b"".join(proto.SerializeToString() for proto in graphs.values())).hexdigest()[:16]
+        for proto in graphs.values():
+            onnx.helper.set_model_props(proto, {**_props(proto), PAIR: pair})
+    with atomic_paths(*graphs) as temporaries:
+        for tmp, proto in zip(temporaries, graphs.values()):
+            onnx.save(proto, str(tmp))
+    return list(graphs)
+
+
+PAIR = "ecdp.pair"
+"""Metadata key of an encoder graph and its step graph: the same value in both files of one export."""
 
 
 def encoder_path(path: str | Path) -> Path:
@@ -70,9 +85,10 @@ def encoder_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.encoder{path.suffix}")
 
 
-def write_onnx(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str], path: Path,
-               props: dict[str, str], opset: int = OPSET) -> None:
-    """Export `module` on `args` to ONNX at `path` (atomically), with metadata `props`."""
+def onnx_model(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str], path: Path,
+               props: dict[str, str], opset: int = OPSET) -> onnx.ModelProto:
+    """The ONNX model of `module` on `args`, with metadata `props`; `path` (where it will go) names it
+    in the progress lines."""
     with console.stage(f"tracing {path.name} (torch.export)"):
         program = export_program(module, args)
     with console.stage(f"converting {path.name} to ONNX"):
@@ -81,13 +97,20 @@ def write_onnx(module: torch.nn.Module, args: tuple, input_names: list[str], out
                                          verbose=False)
     proto = onnx_program.model_proto
     onnx.helper.set_model_props(proto, props)
-    with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
+    return proto
+
+
+def _props(proto):
+    return {p.key: p.value for p in proto.metadata_props}
 
 
 def run_step_graphs(encoder, step, lr: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """sr for numpy (lr, noise): the host loop over onnxruntime sessions of an encoder and a step graph."""
+    """sr for numpy (lr, noise): the host loop over onnxruntime sessions of an encoder and a step graph.
+    Raises ValueError when the two are not from one export (their PAIR metadata differ)."""
     meta = step.get_modelmeta().custom_metadata_map
+    if encoder.get_modelmeta().custom_metadata_map.get(PAIR) != meta.get(PAIR):
+        raise ValueError("the encoder graph and the step graph come from different exports; export them again "
+                         "together (ecdp-export --graph step)")
     times, sigma = json.loads(meta["ecdp.time_grid"]), np.float32(meta["ecdp.sigma"])
     mu, *cond = encoder.run(None, {"lr": lr})
     cond = {out.name: value for out, value in zip(encoder.get_outputs()[1:], cond)}

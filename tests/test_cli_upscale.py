@@ -1,6 +1,14 @@
 import io
+import re
+import resource
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from ecdp.cli import main
@@ -132,3 +140,79 @@ def test_threads_option_sets_the_cpu_threads(model, tmp_path):
     assert (tmp_path / "out.png").is_file()
     with pytest.raises(SystemExit):
         upscale(model, tmp_path / "in.png", "-o", tmp_path / "out2.png", "--threads", 0)
+
+
+def zeros_png(path, side):
+    """A valid side x side 8-bit gray PNG of zeros, written a row at a time (20000: 1.7 MB on disk)."""
+    deflate = zlib.compressobj(1)
+    data = b"".join(deflate.compress(bytes(side + 1)) for _ in range(side)) + deflate.flush()
+    chunks = [(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)), (b"IDAT", data), (b"IEND", b"")]
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d)) for k, d in chunks))
+
+
+def run_limited(*args, memory=4_000_000 * 1024):
+    """`python -m ecdp ARGS` in a child process under an address-space limit (``ulimit -v``); (rc, stderr)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    done = subprocess.run([sys.executable, "-m", "ecdp", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit, cwd=Path(__file__).parent.parent)
+    return done.returncode, done.stderr
+
+
+def test_an_image_too_large_for_the_memory_is_refused_before_decoding_and_the_batch_goes_on(model, tmp_path):
+    """A 20000x20000 PNG let through by --max-pixels, under ulimit -v 4000000: one sentence with what it
+    needs, and the other file is still written."""
+    big, small, out = tmp_path / "big.png", tmp_path / "small.png", tmp_path / "out"
+    zeros_png(big, 20000)
+    Image.fromarray(random_uint8((8, 8, 3))).save(small)
+    rc, err = run_limited("upscale", big, small, "-o", out, "--max-pixels", 400_000_000, "--checkpoint", model,
+                          "--device", "cpu", "--quiet")
+    assert rc == 1 and "Traceback" not in err
+    assert re.fullmatch(rf"ecdp upscale: error: {big}: upscaling its 20000x20000 pixels needs [\d.]+ GB of memory "
+                        r"and [\d.]+ GB are available\necdp upscale: 1 of 2 images failed\n", err)
+    assert files_under(out) == ["small.png"]
+
+
+def test_running_out_of_memory_anyway_ends_that_file_only(model, tmp_path, capsys, monkeypatch):
+    """An allocator error the estimate did not foresee (here in the decoder) is one file's error."""
+    import ecdp.images
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(ecdp.images, "_samples", no_memory)
+    src, out = tmp_path / "in.png", tmp_path / "out"
+    Image.fromarray(random_uint8((8, 8, 3))).save(src)
+    assert upscale(model, src, "-o", out) == 1
+    assert one_line(capsys) == f"ecdp upscale: error: {src}: not enough memory to decode it"
+    assert files_under(out) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("command, device, sentence", [
+    ("upscale", "cuda", "device cuda is not available: no CUDA GPU was found"),
+    ("eval", "cuda", "device cuda is not available: no CUDA GPU was found"),
+    ("train", "cuda", "device cuda is not available: no CUDA GPU was found"),
+    ("upscale", "foo", "'foo' is not a device name (try cpu or cuda)"),
+    ("eval", "meta", "device meta is not supported; use cpu or cuda"),
+])
+def test_devices_are_checked_before_anything_else(model, tmp_path, capsys, command, device, sentence):
+    Image.fromarray(random_uint8((64, 64, 3))).save(tmp_path / "in.png")
+    args = {"upscale": [tmp_path / "in.png", "-o", tmp_path / "out/", "--checkpoint", model],
+            "eval": ["--data", tmp_path, "--checkpoint", model, "--json", tmp_path / "out" / "s.json"],
+            "train": ["--config", "configs/tiny.yaml", "--data", tmp_path, "--out", tmp_path / "out"]}[command]
+    assert main([command, *map(str, args), "--device", device]) == 1
+    assert one_line(capsys) == f"ecdp {command}: error: {sentence}"
+    assert files_under(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("option, sentence", [
+    (["--threads", "1000000000"], r"--threads must be at most \d+ \(4 per CPU core\), got 1000000000"),
+    (["--seed", "-1"], r"the seed must be a whole number in \[0, 18446744073709551615\], got -1"),
+    (["--seed", str(2**70)], r"the seed must be a whole number in \[0, 18446744073709551615\], got \d+"),
+])
+def test_options_bounded_by_what_they_cost(model, tmp_path, capsys, option, sentence):
+    Image.fromarray(random_uint8((8, 8, 3))).save(tmp_path / "in.png")
+    assert upscale(model, tmp_path / "in.png", "-o", tmp_path / "out", *option) == 1
+    assert re.fullmatch(f"ecdp upscale: error: {sentence}", one_line(capsys))
+    assert files_under(tmp_path / "out") == []

@@ -79,28 +79,43 @@ def test_shipped_configs_exist():
 
 
 @pytest.mark.parametrize("item, message", [
-    ("train.steps=0", r"train.steps \(in --set\) must be at least 1, got 0\."),
-    ("train.steps=-5", r"train.steps \(in --set\) must be at least 1, got -5\."),
-    ("train.batch=0", r"train.batch \(in --set\) must be at least 1, got 0\."),
-    ("data.workers=-1", r"data.workers \(in --set\) must be at least 0, got -1\."),
-    ("data.sigma_crops=0", r"data.sigma_crops \(in --set\) must be at least 1, got 0\."),
+    ("train.steps=0", r"train.steps \(in --set\) must be in \[1, 1000000000\], got 0\."),
+    ("train.steps=-5", r"train.steps \(in --set\) must be in \[1, 1000000000\], got -5\."),
+    ("train.batch=0", r"train.batch \(in --set\) must be in \[1, 4096\], got 0\."),
+    ("data.workers=-1", r"data.workers \(in --set\) must be in \[0, 256\], got -1\."),
+    ("data.sigma_crops=0", r"data.sigma_crops \(in --set\) must be in \[1, 100000\], got 0\."),
     ("train.lr=-1", r"train.lr \(in --set\) must be a finite number greater than 0, got -1.0\."),
     ("train.lr=nan", r"train.lr \(in --set\) must be a finite number greater than 0, got nan\."),
-    ("train.warmup=-3", r"train.warmup \(in --set\) must be at least 0, got -3\."),
+    ("train.warmup=-3", r"train.warmup \(in --set\) must be in \[0, 1000000000\], got -3\."),
     ("train.ema=2", r"train.ema \(in --set\) must be a finite number in \[0, 1\), got 2.0\."),
-    ("model.sigma=-1", r"model.sigma \(in --set\) must be a finite number greater than 0 or null, got -1.0\."),
-    ("model.sigma=0", r"model.sigma \(in --set\) must be a finite number greater than 0 or null, got 0.0\."),
+    ("model.sigma=-1", r"model.sigma \(in --set\) must be a finite number in \[0.0001, 1.0\] or null, got -1.0\."),
+    ("model.sigma=0", r"model.sigma \(in --set\) must be a finite number in \[0.0001, 1.0\] or null, got 0.0\."),
     # more of each kind: infinities, list items, stage overrides, seeds, choices
     ("train.minutes=inf", r"train.minutes \(in --set\) must be a finite number greater than 0 or null, got inf\."),
-    ("train.decay_steps=[10, -1]", r"train.decay_steps \(in --set\) must be at least 0, got -1\."),
-    ("quality_stage.batch=0", r"quality_stage.batch \(in --set\) must be at least 1 or null, got 0\."),
+    ("train.decay_steps=[10, -1]", r"train.decay_steps \(in --set\) must be in \[0, 1000000000\], got -1\."),
+    ("quality_stage.batch=0", r"quality_stage.batch \(in --set\) must be in \[1, 4096\] or null, got 0\."),
     ("train.seed=-1", r"train.seed \(in --set\) must be in \[0, "),
     ("train.t_eps=0", r"train.t_eps \(in --set\) must be a finite number in \(0, 1\), got 0.0\."),
     ("quality_stage.feature=lpips", r"quality_stage.feature is 'lpips' in --set; choose one of pixel, vgg19\."),
+    # bounded by what they cost, and by what float32 holds
+    ("sample.steps=1000000000", r"sample.steps \(in --set\) must be in \[1, 1000\], got 1000000000\."),
+    ("quality_stage.ode_steps=5000", r"quality_stage.ode_steps \(in --set\) must be in \[1, 1000\], got 5000\."),
+    ("model.sigma=1e300", r"model.sigma \(in --set\) must be a finite number in \[0.0001, 1.0\] or null, got 1e\+300\."),
+    ("train.lr=1e39", r"train.lr \(in --set\) must be a finite number greater than 0 that float32 holds, got 1e\+39\."),
+    ("train.t_eps=1e-50", r"train.t_eps \(in --set\) must be a finite number in \(0, 1\) that float32 holds, got 1e-50\."),
+    ("data.crop=1000000", r"data.crop \(in --set\) must be in \[1, 4096\] or null, got 1000000\."),
+    ("model.scale=1000", r"model.scale \(in --set\) must be in \[1, 16\], got 1000\."),
 ])
 def test_out_of_range_values_are_named_with_their_range(item, message):
     with pytest.raises(UserError, match=f"^{message}"):
         load_config(None, [item])
+
+
+def test_a_batch_is_bounded_by_its_pixels(tmp_path):
+    with pytest.raises(UserError, match=r"^quality_stage.batch \(4096\) times data.crop \(4096\) squared is "
+                                        r"68,719,476,736 pixels a batch, more than the limit of 67,108,864\.$"):
+        load_config(None, ["data.crop=4096", "train.batch=1", "encoder_stage.batch=1", "quality_stage.batch=4096"])
+    assert load_config(None, ["data.crop=1024", "train.batch=64"]).train.batch == 64
 
 
 def test_yaml_values_are_range_checked_naming_the_file(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from ecdp import console
 from ecdp.cli import COMMANDS
+from ecdp.cli import main as ecdp_main
 from ecdp.export import cli as export_cli
 
 HELPS = [["ecdp", "--help"], *(["ecdp", name, "--help"] for name in COMMANDS), ["ecdp-export", "--help"]]
@@ -122,3 +123,32 @@ def test_the_command_keeps_freed_memory_where_glibc_allows():
     printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert printed.strip() == str(glibc)
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("target, argv, line", [
+    ("ecdp.cli.importlib.import_module", ["upscale", "in.png", "-o", "out.png"], "ecdp: interrupted"),
+    ("ecdp.cli.keep_freed_memory", ["upscale", "in.png", "-o", "out.png"], "ecdp upscale: interrupted"),
+    ("ecdp.console.silence_library_warnings", ["--onnx", "default", "-o", "out.onnx"], "ecdp-export: interrupted"),
+])
+def test_ctrl_c_while_a_command_starts_is_one_line(monkeypatch, capsys, target, argv, line):
+    """Ctrl-C while the command loads its modules or PyTorch: one line and status 130, no traceback."""
+    monkeypatch.setattr(target, _interrupt)
+    main = export_cli.main if argv[0] == "--onnx" else ecdp_main
+    assert main(argv) == 130
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_progress_every_n_items_still_speaks_when_items_are_slow(capsys, monkeypatch):
+    """Slow steps logged every 10: a line as soon as SILENT_SECONDS pass without one, not only at step 10."""
+    clock = iter(range(0, 1000, 20))   # every item takes 20 s
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    with console.progress(5, desc="quality", unit="step", every=10) as bar:
+        for _ in range(5):
+            bar.update()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["quality: step 2 of 5 done", "quality: step 4 of 5 done",
+                                                      "quality: step 5 of 5 done"]

@@ -86,3 +86,24 @@ def test_corrupt_image_is_skipped_with_a_warning(model, hr_folder, tmp_path, cap
     [dataset] = json.loads(report.read_text())["datasets"]
     assert [r["image"] for r in dataset["images"]] == ["astronaut.png"]
     assert dataset["skipped"] == ["broken.png"]
+
+
+@pytest.mark.parametrize("option, sentence", [
+    ("--json", "cannot write {out}/scores.json: {out} is a file, not a folder."),
+    ("--save-images", "cannot write {out}/images: {out} is a file, not a folder."),   # one more of the kind
+])
+def test_outputs_are_checked_before_any_image_is_scored(model, hr_folder, tmp_path, capsys, option, sentence):
+    out = tmp_path / "file"
+    out.write_text("a file, not a folder")
+    target = out / ("scores.json" if option == "--json" else "images")
+    rc, stdout, err = _eval(capsys, "--checkpoint", model, "--data", hr_folder, option, target)
+    assert rc == 1 and stdout == ""
+    assert err.splitlines() == [f"ecdp eval: error: {sentence.format(out=out)}"]
+
+
+def test_scores_below_bicubic_come_with_a_note(model, hr_folder, capsys):
+    """An untrained model with a 2-step Euler solve is far below bicubic: the table says so."""
+    rc, out, err = _eval(capsys, "--checkpoint", model, "--data", hr_folder, "--solver", "euler", "--steps", 2)
+    assert rc == 0, err
+    note = [line for line in out.splitlines() if line.startswith("note: ")]
+    assert len(note) == 1 and "ECDP scores below bicubic in PSNR-Y" in note[0] and "euler, 2 steps" in note[0]

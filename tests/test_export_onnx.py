@@ -114,3 +114,47 @@ def test_failed_write_leaves_no_file(tiny_model, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         main(["--onnx", str(tiny_model), "-o", str(tmp_path / "out.onnx"), "--lr-size", "8x8"])
     assert not list(tmp_path.iterdir())
+
+
+def test_an_interrupted_step_export_leaves_the_earlier_pair_as_it_was(tiny_model, tmp_path, monkeypatch):
+    """Both graphs are made before either is written: an interrupt while the step graph is traced
+    leaves no lone encoder graph, and over an earlier export no pair from two models."""
+    for name in ("sr.encoder.onnx", "sr.onnx"):
+        (tmp_path / "old" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "old" / name).write_text(f"earlier {name}")
+
+    def trace(module, args, inputs, outputs, path, *rest):
+        if path.name == "sr.onnx":
+            raise KeyboardInterrupt
+        return onnx.ModelProto()
+    monkeypatch.setattr(onnx_export, "onnx_model", trace)
+    for folder in ("old", "new"):
+        assert main(["--onnx", str(tiny_model), "-o", str(tmp_path / folder / "sr.onnx"), "--lr-size", "8x8",
+                     "--graph", "step"]) == 130
+    assert {p.name: p.read_text() for p in (tmp_path / "old").iterdir()} == {
+        "sr.encoder.onnx": "earlier sr.encoder.onnx", "sr.onnx": "earlier sr.onnx"}
+    assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_graphs_of_two_exports_are_refused_together(tiny_model, tmp_path):
+    other = save_export_model(tmp_path / "other", seed=5)
+    first = export_onnx(tiny_model, tmp_path / "a.onnx", ExportSpec(lr_size=LR_SIZE), graph="step")
+    second = export_onnx(other, tmp_path / "b.onnx", ExportSpec(lr_size=LR_SIZE), graph="step")
+    lr, noise = example_batch()
+    with pytest.raises(ValueError, match="come from different exports"):
+        run_step_graphs(session(first[0]), session(second[1]), lr.numpy(), noise.numpy())
+
+
+@pytest.mark.parametrize("options, sentence", [
+    (["--steps", "abc"], "ecdp-export: error: argument --steps: 'abc' is not a positive integer"),
+    (["--workspace", "nan"], "ecdp-export: error: argument --workspace: 'nan' is not a finite number of GiB above 0"),
+    (["--lr-size", "100000x100000"], "ecdp-export: error: batch 1 of 100000x100000 LR images is 10,000,000,000 "
+                                     "pixels, more than the 16,777,216 an exported graph may take."),
+])
+def test_option_errors_are_one_sentence_and_exit_1(tiny_model, tmp_path, capsys, options, sentence):
+    try:
+        code = main(["--onnx", str(tiny_model), "-o", str(tmp_path / "out.onnx"), *options])
+    except SystemExit as e:
+        code = e.code
+    assert code == 1 and capsys.readouterr().err.splitlines() == [sentence]
+    assert not list(tmp_path.iterdir())

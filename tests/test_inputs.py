@@ -1,5 +1,6 @@
 """Real-world inputs to ``ecdp upscale`` and ``Upscaler.upscale``: depths, frames, metadata, encodings, values, sizes."""
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -8,6 +9,7 @@ import tifffile
 import torch
 from PIL import ExifTags, Image, ImageCms
 
+from ecdp.errors import UserError
 from ecdp.images import ImageInfo, _png16, read_image
 from ecdp.upscaler import Upscaler
 from helpers import SCALE, files_under, one_line, random_uint8, save_tiny_model, upscale
@@ -98,7 +100,26 @@ def test_float_gray_tiff_stays_float(model, tmp_path):
 def test_float_tiff_outside_unit_range_is_refused(model, tmp_path, capsys):
     tifffile.imwrite(tmp_path / "in.tif", np.full((8, 8), 200.0, np.float32))
     assert upscale(model, tmp_path / "in.tif", "-o", tmp_path / "out.tif") == 1
-    assert "float samples must be finite and lie in [0, 1], found 200 to 200" in one_line(capsys)
+    assert "float samples must be finite and lie in [0, 1]; found 64 outside [0, 1] of 64 samples (the finite ones from 200 to 200)" in one_line(capsys)
+
+
+def test_a_nan_sample_is_counted_not_hidden(model, tmp_path, capsys):
+    array = np.full((8, 8), 0.5, np.float32)
+    array[3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "in.tif", array)
+    assert upscale(model, tmp_path / "in.tif", "-o", tmp_path / "out.tif") == 1
+    assert one_line(capsys).endswith("float samples must be finite and lie in [0, 1]; found 1 NaN of 64 samples "
+                                     "(the finite ones from 0.5 to 0.5)")
+    assert files_under(tmp_path) == ["in.tif"]
+
+
+@pytest.mark.parametrize("value, found", [(np.nan, "64 NaN"), (np.inf, "64 infinite")])
+def test_an_image_without_a_finite_sample_is_one_sentence_and_no_warning(model, tmp_path, capsys, value, found):
+    tifffile.imwrite(tmp_path / "in.tif", np.full((8, 8), value, np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # numpy's "All-NaN slice" and the like would fail here
+        assert upscale(model, tmp_path / "in.tif", "-o", tmp_path / "out.tif") == 1
+    assert one_line(capsys).endswith(f"float samples must be finite and lie in [0, 1]; found {found} of 64 samples")
 
 
 # Frames
@@ -109,6 +130,15 @@ def test_animated_gif_is_refused(model, tmp_path, capsys):
     assert upscale(model, tmp_path / "anim.gif", "-o", tmp_path / "out") == 1
     assert "anim.gif: has 3 frames; ECDP upscales single images" in one_line(capsys)
     assert files_under(tmp_path / "out") == []
+
+
+def test_the_api_refuses_animations_as_the_cli_does(upscaler, tmp_path):
+    frames = [Image.fromarray(random_uint8((8, 8, 3), seed=i)).convert("P") for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    tifffile.imwrite(tmp_path / "pages.tif", random_uint8((2, 8, 8)), photometric="minisblack", metadata=None)
+    for name, frames in (("anim.gif", 3), ("pages.tif", 2)):
+        with Image.open(tmp_path / name) as image, pytest.raises(ValueError, match=f"^has {frames} frames; "):
+            upscaler.upscale(image)
 
 
 def test_multi_page_tiff_is_refused(model, tmp_path, capsys):
@@ -153,6 +183,20 @@ def test_profile_of_a_converted_mode_is_dropped(model, tmp_path):
     assert upscale(model, tmp_path / "rgb.png", tmp_path / "cmyk.jpg", "-o", tmp_path / "out") == 0
     with Image.open(tmp_path / "out" / "rgb.png") as rgb, Image.open(tmp_path / "out" / "cmyk.jpg") as cmyk:
         assert rgb.info.get("icc_profile") == srgb and cmyk.mode == "RGB" and "icc_profile" not in cmyk.info
+
+
+def test_the_api_keeps_the_colour_profile_and_exif_as_the_cli_does(model, upscaler, tmp_path):
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "ECDP test camera"
+    Image.fromarray(random_uint8((8, 12, 3))).save(tmp_path / "in.jpg", icc_profile=profile, exif=exif)
+    with Image.open(tmp_path / "in.jpg") as image:
+        api = upscaler.upscale(image)
+    assert api.info["icc_profile"] == profile and api.getexif()[ExifTags.Base.Make] == "ECDP test camera"
+    api.save(tmp_path / "api.png")
+    assert upscale(model, tmp_path / "in.jpg", "-o", tmp_path / "cli.png") == 0
+    with Image.open(tmp_path / "api.png") as saved, Image.open(tmp_path / "cli.png") as cli:
+        assert saved.info["icc_profile"] == cli.info["icc_profile"] == profile
 
 
 # Output encoding
@@ -256,7 +300,8 @@ def test_empty_inputs_are_value_errors(upscaler, image):
 
 # Size limits
 
-def test_huge_png_is_refused_in_our_words(model, tmp_path, capsys):
+def test_huge_png_is_refused_in_our_words(model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("ecdp.memory.available_memory", lambda device=None: 10**15)
     png_header_only(tmp_path / "huge.png", 13500, 13500)
     assert upscale(model, tmp_path / "huge.png", "--tile", 64, "-o", tmp_path / "out.png") == 1
     assert one_line(capsys).endswith("huge.png: 13500x13500 is 182,250,000 pixels, more than the limit of 16,777,216; "
@@ -271,7 +316,29 @@ def test_max_pixels_sets_the_limit(model, tmp_path, capsys):
     assert upscale(model, tmp_path / "in.png", "--max-pixels", 120, "-o", tmp_path / "out.png") == 0
 
 
-def test_12000_square_png_is_refused_by_default(model, tmp_path, capsys):
+def test_no_larger_limit_is_suggested_for_an_image_the_memory_cannot_take(model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("ecdp.memory.available_memory", lambda device=None: 10**9)
+    png_header_only(tmp_path / "huge.png", 13500, 13500)
+    assert upscale(model, tmp_path / "huge.png", "-o", tmp_path / "out.png") == 1
+    assert one_line(capsys).endswith("huge.png: upscaling its 13500x13500 pixels needs 125.4 GB of memory and 1.0 GB "
+                                     "are available")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_12000_square_png_is_refused_by_default(model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("ecdp.memory.available_memory", lambda device=None: 10**15)
     png_header_only(tmp_path / "big.png", 12000, 12000)
     assert upscale(model, tmp_path / "big.png", "--tile", 64, "-o", tmp_path / "out.png") == 1
     assert "big.png: 12000x12000 is 144,000,000 pixels, more than the limit" in one_line(capsys)
+
+
+def test_the_api_checks_the_memory_of_a_lazily_opened_image_before_decoding_it(upscaler, tmp_path, monkeypatch):
+    monkeypatch.setattr("ecdp.memory.available_memory", lambda device=None: 10**9)
+    png_header_only(tmp_path / "huge.png", 13500, 13500)
+    Image.MAX_IMAGE_PIXELS, limit = None, Image.MAX_IMAGE_PIXELS
+    try:
+        with Image.open(tmp_path / "huge.png") as image, pytest.raises(
+                UserError, match=r"^upscaling its 13500x13500 pixels needs 125.4 GB of memory and 1.0 GB are available$"):
+            upscaler.upscale(image)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit

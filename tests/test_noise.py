@@ -91,7 +91,7 @@ def test_out_of_memory_is_one_sentence_that_suggests_tiles(model, tile, advice):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:119] . DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 27648000000 bytes.")
     up.resolver.latent = allocate
-    with pytest.raises(UserError, match=r"^out of memory on cpu for a 40x32 image \(its result alone takes 0.0 GB\); "
+    with pytest.raises(UserError, match=r"^out of memory on cpu for a 40x32 image \(its result alone takes 0.2 MB\); "
                        + advice.replace("(", r"\(").replace(")", r"\)")):
         up.sample(torch.rand(1, 3, 32, 40))
 
@@ -104,3 +104,13 @@ def test_other_runtime_errors_pass_through(model):
     up.resolver.latent = broken
     with pytest.raises(RuntimeError, match="shape mismatch"):
         up.sample(torch.rand(1, 3, 8, 8))
+
+
+def test_a_result_larger_than_the_memory_is_refused_before_the_work(model, monkeypatch):
+    """No tile helps when the result itself does not fit: the sentence says so, before anything runs."""
+    up = Upscaler.from_pretrained(model)
+    up.resolver.latent = lambda *args, **kwargs: pytest.fail("the solve ran")
+    monkeypatch.setattr("ecdp.memory.available_memory", lambda device=None: 10**5)
+    with pytest.raises(UserError, match=r"^the 160x128 result of a 40x32 image alone needs 0.2 MB of memory and "
+                                        r"0.1 MB are available$"):
+        up.sample(torch.rand(1, 3, 32, 40))

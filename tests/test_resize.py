@@ -1,7 +1,10 @@
 """Tests of ecdp.resize against an independent MATLAB-imresize reference written here."""
 import io
 import math
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +188,23 @@ def test_resize_matrix_is_marked_constant_as_the_decorator_marks():
     marked = torch.compiler.assume_constant_result(lambda: None)
     assert marked._dynamo_marked_constant is True
     assert resize_matrix._dynamo_marked_constant is True
+
+
+@pytest.mark.parametrize("in_hw, out_hw", [((3, 1100), (12, 4400)), ((1100, 5), (275, 20)), ((1030, 1030), (1030, 2060))])
+def test_long_sides_are_resized_in_blocks_with_the_dense_matrices_values(in_hw, out_hw):
+    """Sides whose matrix exceeds DENSE_LIMIT go block by block (up, down, and both sides at once)."""
+    img = torch.rand((2,) + in_hw, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    dense = resize_matrix(in_hw[0], out_hw[0], dtype=torch.float64) @ img @ resize_matrix(
+        in_hw[1], out_hw[1], dtype=torch.float64).T
+    torch.testing.assert_close(resize(img, out_hw), dense, rtol=0, atol=1e-12)
+
+
+def test_a_long_strip_is_upscaled_in_memory_that_grows_with_the_result():
+    """A 20000x3 strip's x4 result is 11.5 MB; one dense matrix of its long side would be 12.8 GB in
+    float64. Run under an address-space limit of 3 GB in a child process."""
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30)); import torch; "
+            "from ecdp.resize import upscale; x = upscale(torch.full((1, 3, 3, 20000), 0.37), 4); "
+            "assert x.shape == (1, 3, 12, 80000) and (x - 0.37).abs().max() < 1e-6; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent.parent)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -1,5 +1,6 @@
 """`ecdp train` and `ecdp-export` under bad settings, damaged files and failing disks: one sentence,
 exit code 1 and nothing lost or half written on disk."""
+import hashlib
 import json
 import os
 import shutil
@@ -69,18 +70,18 @@ def copy(run, tmp_path):
 # --- every config key is checked on load ---------------------------------------------------------
 
 @pytest.mark.parametrize("item, sentence", [
-    ("train.steps=0", "train.steps (in --set) must be at least 1, got 0."),
-    ("train.steps=-5", "train.steps (in --set) must be at least 1, got -5."),
-    ("train.batch=0", "train.batch (in --set) must be at least 1, got 0."),
-    ("data.workers=-1", "data.workers (in --set) must be at least 0, got -1."),
-    ("data.sigma_crops=0", "data.sigma_crops (in --set) must be at least 1, got 0."),
+    ("train.steps=0", "train.steps (in --set) must be in [1, 1000000000], got 0."),
+    ("train.steps=-5", "train.steps (in --set) must be in [1, 1000000000], got -5."),
+    ("train.batch=0", "train.batch (in --set) must be in [1, 4096], got 0."),
+    ("data.workers=-1", "data.workers (in --set) must be in [0, 256], got -1."),
+    ("data.sigma_crops=0", "data.sigma_crops (in --set) must be in [1, 100000], got 0."),
     ("train.lr=-1", "train.lr (in --set) must be a finite number greater than 0, got -1.0."),
-    ("train.warmup=-3", "train.warmup (in --set) must be at least 0, got -3."),
+    ("train.warmup=-3", "train.warmup (in --set) must be in [0, 1000000000], got -3."),
     ("train.ema=2", "train.ema (in --set) must be a finite number in [0, 1), got 2.0."),
-    ("model.sigma=-1", "model.sigma (in --set) must be a finite number greater than 0 or null, got -1.0."),
-    ("model.sigma=0", "model.sigma (in --set) must be a finite number greater than 0 or null, got 0.0."),
+    ("model.sigma=-1", "model.sigma (in --set) must be a finite number in [0.0001, 1.0] or null, got -1.0."),
+    ("model.sigma=0", "model.sigma (in --set) must be a finite number in [0.0001, 1.0] or null, got 0.0."),
     ("train.lr=nan", "train.lr (in --set) must be a finite number greater than 0, got nan."),
-    ("train.log_every=0", "train.log_every (in --set) must be at least 1, got 0."),  # one more of the kind
+    ("train.log_every=0", "train.log_every (in --set) must be in [1, 1000000000], got 0."),  # one more of the kind
 ])
 def test_out_of_range_setting_stops_before_anything_is_written(images, tmp_path, capsys, item, sentence):
     assert train(images, tmp_path / "out", item) == 1
@@ -175,6 +176,68 @@ def test_damaged_latest_checkpoint_falls_back_to_the_intact_one(images, four_ste
     a, b = tensors(four_steps, 4), tensors(out, 4)
     assert all(torch.equal(a[name][k], b[name][k]) for name in a for k in a[name])
     assert files(out)["model/model.safetensors"] == files(four_steps)["model/model.safetensors"]
+
+
+def edit_state(path, change):
+    """Apply ``change`` to a state.json; with a checksum made again when it holds one (a schema check)."""
+    state = json.loads(path.read_text())
+    change(state)
+    path.write_text(json.dumps(state))
+
+
+def resign(change):
+    """``change`` and then a checksum that matches the changed state, as a careful forger would."""
+    def apply(state):
+        state.pop("checksum")
+        change(state)
+        state["checksum"] = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+    return apply
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda state: state.update(step=1000), "its state.json does not match its checksum (cut short or altered)"),
+    (resign(lambda state: state.pop("rng")), 'its state.json holds no valid "rng"'),
+    (lambda state: state.pop("checksum"), "its state.json has no checksum"),
+    (resign(lambda state: state.update(sigma=1e300)), 'its state.json holds no valid "sigma"'),  # one more
+])
+def test_an_edited_state_is_damaged_not_believed(images, four_steps, tmp_path, capsys, change, reason):
+    out = copy(four_steps, tmp_path)
+    edit_state(out / "checkpoints" / "step-00000004" / "state.json", change)
+    assert train(images, out, "train.steps=4", resume=True) == 0
+    err = capsys.readouterr().err
+    assert f"ecdp train: checkpoint {out / 'checkpoints' / 'step-00000004'} is damaged ({reason}" in err
+    a, b = tensors(four_steps, 4), tensors(out, 4)
+    assert all(torch.equal(a[name][k], b[name][k]) for name in a for k in a[name])
+
+
+@pytest.mark.parametrize("change", ["add", "remove"])
+def test_resume_refuses_a_changed_data_folder(images, tmp_path, capsys, change):
+    data = tmp_path / "data"
+    shutil.copytree(images, data)
+    out = tmp_path / "out"
+    assert train(data, out, "train.steps=2") == 0
+    if change == "add":
+        shutil.copy(next(data.iterdir()), data / "zz-added.png")
+    else:
+        sorted(data.iterdir())[0].unlink()
+    before = files(out)
+    assert train(data, out, "train.steps=4", resume=True) == 1
+    assert error(capsys) == (f"--resume cannot continue {out / 'checkpoints' / 'step-00000002'}: the training images "
+                             f"in {data} are not those it was trained on (files added, removed or renamed change the "
+                             "data order); restore them, or train into another --out.")
+    assert files(out) == before
+
+
+@pytest.mark.parametrize("damage", [cut_short, lambda path: path.write_text("not safetensors")])
+def test_a_damaged_init_encoder_is_one_sentence(images, tmp_path, capsys, damage):
+    enc = tmp_path / "enc"
+    assert main(["train", "--config", TINY, "--data", str(images), "--out", str(enc), "--device", "cpu",
+                 "--stage", "encoder", "--set", *BASE, "encoder_stage.steps=1"]) == 0
+    damage(enc / "encoder.safetensors")
+    capsys.readouterr()
+    assert train(images, tmp_path / "out", "train.steps=2", f"train.init_encoder={enc}") == 1
+    assert error(capsys).startswith(f"{enc / 'encoder.safetensors'} is not a valid safetensors file (")
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 def test_no_intact_checkpoint_is_one_sentence(images, four_steps, tmp_path, capsys):

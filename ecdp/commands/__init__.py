@@ -42,6 +42,12 @@ def set_threads(args: argparse.Namespace) -> None:
     if args.threads:
         import torch
 
+        from ecdp.bounds import MAX_THREADS
+        from ecdp.errors import UserError
+
+        if args.threads > MAX_THREADS:
+            raise UserError(f"--threads must be at most {MAX_THREADS} (4 per CPU core), got {args.threads}")
+
         torch.set_num_threads(args.threads)
 
 

@@ -32,16 +32,20 @@ def sample_photo(name, size=CROP):
     """
     import torch
 
+    photo = torch.from_numpy(getattr(_photos(), name)().copy()).permute(2, 0, 1).float() / 255
+    h, w = photo.shape[-2:]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return photo[:, top:top + size, left:left + size]
+
+
+def _photos():
+    """scikit-image's ``skimage.data``; a UserError when scikit-image (the ``demo`` extra) is not installed."""
     try:
         import skimage.data
     except ImportError:
         raise UserError('ecdp demo needs the demo extra (scikit-image\'s sample photos): '
                         'run pip install -e ".[demo]" in the ecdp folder.') from None
-
-    photo = torch.from_numpy(getattr(skimage.data, name)().copy()).permute(2, 0, 1).float() / 255
-    h, w = photo.shape[-2:]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return photo[:, top:top + size, left:left + size]
+    return skimage.data
 
 
 def run(args):
@@ -49,11 +53,14 @@ def run(args):
 
     from ecdp import console
     from ecdp.evaluation import mean_scores, print_table, save_strip, score_image
+    from ecdp.fileio import check_writable
     from ecdp.images import ImageInfo, write_image
     from ecdp.metrics import quantize
     from ecdp.resize import downscale, mod_crop
     from ecdp.upscaler import Upscaler
 
+    _photos()
+    check_writable(args.out, folder=True)
     set_threads(args)
     upscaler = Upscaler.from_pretrained(args.checkpoint, device=args.device, **sampler_options(args))
     scale = upscaler.scale

@@ -3,7 +3,6 @@
 Under torchrun each image is scored by one rank; the scores meet in the order of a single process,
 so rank 0 prints the same table and means.
 """
-import argparse
 import functools
 import json
 import sys
@@ -34,9 +33,14 @@ def add_parser(subparsers):
 
 def run(args):
     from ecdp.evaluation import list_images
+    from ecdp.fileio import check_writable
     from ecdp.ranks import ranks
 
     folders = {Path(d): list_images(Path(d), args.limit) for d in args.data}
+    if args.json:   # outputs are checked before any image is scored
+        check_writable(args.json)
+    if args.save_images:
+        check_writable(args.save_images, folder=True)
     with ranks(args.device) as process:
         datasets, upscaler, has_lpips, reason = _evaluate(folders, args, process)
     if process.rank == 0:
@@ -76,6 +80,14 @@ def _report(datasets, upscaler, has_lpips, reason, args):
     for dataset in datasets:
         print_table(dataset, has_lpips)
     print(f"LPIPS: {lpips_note}")
+    for dataset in datasets:
+        mean = dataset["mean"]
+        if mean["ecdp"]["psnr_y"] < mean["bicubic"]["psnr_y"]:
+            sampler = upscaler.sampler
+            print(f"note: on {dataset['data']} ECDP scores below bicubic in PSNR-Y ({mean['ecdp']['psnr_y']:.2f} "
+                  f"against {mean['bicubic']['psnr_y']:.2f} dB) with {sampler.solver}, {sampler.steps} steps on the "
+                  f"{sampler.grid} grid; a model scores best with the sampler it was trained and tuned for, its "
+                  "default (leave out --solver, --steps and --grid)")
     if args.json:
         report = {"checkpoint": str(args.checkpoint), "scale": scale, **_settings(args, upscaler),
                   "lpips": lpips_note, "metrics": METRICS, "datasets": datasets}

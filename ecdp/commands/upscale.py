@@ -51,6 +51,7 @@ def run(args):
     from tqdm import tqdm
 
     from ecdp.images import write_image
+    from ecdp.memory import memory_errors
     from ecdp.ranks import ranks
 
     outputs = plan_outputs(args.inputs, args.output)
@@ -63,10 +64,11 @@ def run(args):
         with console.progress(len(mine), desc="upscale", unit="image", disable=one_file or process.rank > 0) as files:
             for src, dst in mine:
                 try:
-                    rgb, alpha, info = read_checked(src, dst, args.max_pixels, args.quality)
-                    with _errors_named(src):
-                        sr = upscaler.sample(rgb[None], steps)[0].cpu()
-                    write_image(dst, sr, alpha, info, args.quality)
+                    with memory_errors(f"{src}: not enough memory to upscale it"):   # it ends this file only
+                        rgb, alpha, info = read_checked(src, dst, args.max_pixels, args.quality, upscaler.scale)
+                        with _errors_named(src):
+                            sr = upscaler.sample(rgb[None], steps)[0].cpu()
+                        write_image(dst, sr, alpha, info, args.quality)
                 except UserError as e:
                     tqdm.write(f"ecdp upscale: error: {e}", file=sys.stderr)
                     failed += 1
@@ -77,12 +79,13 @@ def run(args):
     return 1 if failed else 0
 
 
-def read_checked(src, dst, max_pixels=MAX_PIXELS, quality=QUALITY):
-    """(rgb, alpha, info) of src (``ecdp.images.read_image``), once dst is known to hold its result
-    (``check_encodable``); UserError otherwise."""
+def read_checked(src, dst, max_pixels=MAX_PIXELS, quality=QUALITY, scale=1):
+    """(rgb, alpha, info) of src (``ecdp.images.read_image``, its memory for a result `scale` times
+    larger checked first), once dst is known to hold its result (``check_encodable``); UserError
+    otherwise."""
     from ecdp.images import check_encodable, read_image
 
-    rgb, alpha, info = read_image(src, max_pixels)
+    rgb, alpha, info = read_image(src, max_pixels, scale=scale)
     check_encodable(dst, info, alpha is not None, quality)
     return rgb, alpha, info
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ecdp.choices import GRIDS, QUALITY, SOLVERS
 from ecdp.errors import UserError
-from ecdp.images import ImageInfo, TooManyPixels, check_encodable, encode_image, output_suffix, read_image, save_format
+from ecdp.images import ImageInfo, TooLarge, check_encodable, encode_image, output_suffix, read_image, save_format
 
 MAX_STEPS = 64          # steps of a fixed-step solver a request may ask for: its cost grows with them
 MAX_SEED = 2**63 - 1
@@ -99,9 +99,8 @@ def decode(body: bytes, options: Options, max_pixels: int) -> Decoded:
         path.write_bytes(body)
         try:
             rgb, alpha, info = read_image(path, max_pixels)
-        except TooManyPixels as e:
-            raise RequestError(413, f"the image is {e.width}x{e.height}, {e.width * e.height:,} pixels, more than "
-                                    f"the service's limit of {e.limit:,}") from None
+        except TooLarge as e:
+            raise RequestError(413, f"the request body: {_sentence(e, path)}") from None
         except UserError as e:
             raise RequestError(400, f"the request body: {_sentence(e, path)}") from None
         suffix = "." + options.format if options.format else output_suffix("x" + _suffix_of(path))
