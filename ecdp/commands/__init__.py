@@ -16,9 +16,9 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
-def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
-    """--engine, --precision, --compile (the Speed: ``ecdp.speed.Speed.choose``), --solver, --steps,
-    --grid and --seed, defaulting to what ``Upscaler`` defaults to, and --threads (see set_threads)."""
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--engine, --precision and --compile: the options of the Speed (``ecdp.speed.Speed.choose``),
+    defaulting to what ``Upscaler`` defaults to."""
     parser.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                         help=f"fast (channels_last, and bf16 where native, on the CPU; bf16 and CUDA graphs on a GPU) or "
                              f"reference (default: {DEFAULT_ENGINE})")
@@ -26,6 +26,12 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the fast engine's network precision: auto is bf16 on a GPU and on CPUs with bf16 "
                              "arithmetic (AVX512-BF16, AMX), fp32 elsewhere (default: auto)")
     parser.add_argument("--compile", action="store_true", help="run the fast engine's network through torch.compile")
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Speed's options (add_speed_arguments), --solver, --steps, --grid and --seed, defaulting to
+    what ``Upscaler`` defaults to, and --threads (see set_threads)."""
+    add_speed_arguments(parser)
     parser.add_argument("--solver", choices=SOLVERS, help="ODE solver (default: the model's)")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="steps of a fixed-step solver "
                                                                         "(default: the model's)")

@@ -3,8 +3,8 @@ import argparse
 import signal
 import sys
 
-from ecdp.choices import ENGINES, MAX_PIXELS
-from ecdp.commands import positive_int
+from ecdp.choices import MAX_PIXELS
+from ecdp.commands import add_speed_arguments, positive_int
 
 EPILOG = """\
 POST /v1/upscale with an image file as the body (any format ecdp upscale reads) and the query
@@ -22,7 +22,7 @@ def add_parser(subparsers):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", metavar="PATH", default="default",
                    help="model folder (model.safetensors and config.json); default: the built-in model")
-    p.add_argument("--engine", choices=ENGINES, help="the engine of the solves (default: ecdp upscale's)")
+    add_speed_arguments(p)
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads for the network (default: one per core)")
@@ -57,7 +57,7 @@ def run(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = Settings(checkpoint=args.checkpoint, engine=args.engine,
+    settings = Settings(checkpoint=args.checkpoint, engine=args.engine, precision=args.precision, compile=args.compile,
                         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
                         timeout_s=args.timeout_s, max_pixels=args.max_pixels, max_body_mb=args.max_body_mb)

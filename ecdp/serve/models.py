@@ -9,6 +9,7 @@ from typing import Hashable
 
 import torch
 
+from ecdp.choices import DEFAULT_ENGINE
 from ecdp.errors import UserError
 from ecdp.sampling import SamplerSpec
 from ecdp.upscaler import AUTO_TILE_ABOVE, Upscaler
@@ -28,11 +29,12 @@ class Work:
 
 class Models:
     """Upscalers of the model folder `checkpoint` ("default": the built-in model) on `device`, one per
-    sampler, built with ``Upscaler.from_pretrained`` and the engine given (None: the default)."""
+    sampler, built with ``Upscaler.from_pretrained`` and the Speed's options given."""
 
-    def __init__(self, checkpoint: str, *, device: str, engine: str | None = None):
+    def __init__(self, checkpoint: str, *, device: str, engine: str = DEFAULT_ENGINE, precision: str = "auto",
+                 compile: bool = False):
         self.checkpoint, self.device = checkpoint, device
-        self.options = {} if engine is None else {"engine": engine}
+        self.options = {"engine": engine, "precision": precision, "compile": compile}
         self.upscaler = functools.lru_cache(maxsize=SAMPLERS_KEPT)(self._build)
         self.default: Upscaler | None = None
 

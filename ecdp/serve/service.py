@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ecdp.choices import MAX_PIXELS
+from ecdp.choices import DEFAULT_ENGINE, MAX_PIXELS
 from ecdp.errors import UserError
 from ecdp.serve.batching import Batcher, QueueFull
 from ecdp.serve.codec import RequestError, decode, encode, media_type, parse_options
@@ -35,7 +35,9 @@ class Settings:
 
     checkpoint: str = "default"
     device: str = "cpu"
-    engine: str | None = None     # None: Upscaler's default
+    engine: str = DEFAULT_ENGINE  # the Speed's options, as on ecdp upscale (ecdp.speed.Speed.choose)
+    precision: str = "auto"
+    compile: bool = False
     max_batch: int = 8
     max_wait_ms: float = 5.0
     queue: int = 64
@@ -65,7 +67,8 @@ class Service:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.models = Models(settings.checkpoint, device=settings.device, engine=settings.engine)
+        self.models = Models(settings.checkpoint, device=settings.device, engine=settings.engine,
+                             precision=settings.precision, compile=settings.compile)
         self.metrics = Metrics(settings.max_batch)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ecdp-model")
         self.batcher: Batcher | None = None
