@@ -26,9 +26,10 @@ MIN_SIGMA, MAX_SIGMA = 1e-4, 1.0
 alone (about 1e-3) dominates and z = (x - mu) / sigma is float rounding noise blown up; above
 MAX_SIGMA is more than the spread of a difference of two images in [0, 1]."""
 
-MIN_TOLERANCE, MAX_TOLERANCE = 1e-6, 1.0
-"""dopri5's atol and rtol: below 1e-6, near float32's resolution (1.2e-7), its error estimate is
-rounding and its steps shrink without end; above 1, the solve is not checked at all."""
+MIN_TOLERANCE, MAX_TOLERANCE = 1e-8, 1.0
+"""dopri5's atol and rtol: below 1e-8 even a float64 solve's error estimate nears rounding and its
+steps shrink without end (float32 solves want 1e-6 or more: its resolution is 1.2e-7); above 1,
+the solve is not checked at all."""
 
 MAX_CROP = 4096
 """Training crop and center-resize sizes in HR pixels (the default --max-pixels is 4096 x 4096)."""

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import ecdp.pipeline as pipeline
 from ecdp import tiling
 from ecdp.errors import UserError
 from ecdp.resize import upscale
@@ -34,33 +35,35 @@ def test_any_region_of_a_large_image_is_drawn_alone_as_in_the_whole(region):
 
 
 class IdentitySolve:
-    """A latent solve that returns the prior noise as it is and records the noise shapes it is given."""
+    """In place of ecdp.sampling.solve in the resolver: returns the prior noise as it is and records
+    the noise shapes it is given."""
 
     def __init__(self):
         self.shapes = []
 
-    def __call__(self, y, z1, callback=None):
+    def __call__(self, model, z1, cond, sampler, callback=None):
         self.shapes.append(tuple(z1.shape))
         return z1, 1
 
 
-def identity_upscaler(model, **options):
-    up = Upscaler.from_pretrained(model, engine="reference", **options)
-    up.resolver.latent = IdentitySolve()
-    return up
+def identity_upscaler(model, monkeypatch, **options):
+    """(Upscaler, its IdentitySolve): the reference engine with every solve an identity."""
+    solve = IdentitySolve()
+    monkeypatch.setattr(pipeline, "solve", solve)
+    return Upscaler.from_pretrained(model, engine="reference", **options), solve
 
 
-def test_tiles_draw_their_own_noise_and_blend_to_the_untiled_image(model):
+def test_tiles_draw_their_own_noise_and_blend_to_the_untiled_image(model, monkeypatch):
     """The 12000x12000 case in small: with tiles, no noise larger than a tile is ever drawn, and the
     tiled image of an identity solve is the untiled one (noise per region, mu per region, weights summing to 1)."""
     y = torch.rand(1, 3, 150, 170, generator=torch.Generator().manual_seed(0))
-    tiled = identity_upscaler(model, tile=32, overlap=8)
+    tiled, solve = identity_upscaler(model, monkeypatch, tile=32, overlap=8)
     x = tiled.sample(y)
-    assert max(h * w for *_, h, w in tiled.resolver.latent.shapes) <= (SCALE * 32) ** 2
+    assert max(h * w for *_, h, w in solve.shapes) <= (SCALE * 32) ** 2
     expected = (upscale(y, SCALE) + tiled.resolver.sigma * seeded_prior(0, (1, 3, SCALE * 152, SCALE * 176))
                 [..., : SCALE * 150, : SCALE * 170]).clamp(0, 1)
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(identity_upscaler(model).sample(y), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(identity_upscaler(model, monkeypatch)[0].sample(y), expected, atol=1e-5, rtol=0)
 
 
 def test_tile_order_does_not_change_the_image(model, monkeypatch):
@@ -74,34 +77,34 @@ def test_tile_order_does_not_change_the_image(model, monkeypatch):
 
 def test_large_images_are_tiled_without_asking(model, monkeypatch):
     monkeypatch.setattr("ecdp.upscaler.AUTO_TILE_ABOVE", 40 * 40)
-    up = identity_upscaler(model)
+    up, solve = identity_upscaler(model, monkeypatch)
     up.sample(torch.rand(1, 3, 48, 40))
-    assert len(up.resolver.latent.shapes) == 1
+    assert len(solve.shapes) == 1
     up.sample(torch.rand(1, 3, 48, 48))
-    assert len(up.resolver.latent.shapes) == 1 + 1 and up.resolver.latent.shapes[-1] == (1, 3, SCALE * 48, SCALE * 48)
+    assert len(solve.shapes) == 1 + 1 and solve.shapes[-1] == (1, 3, SCALE * 48, SCALE * 48)
     assert AUTO_TILE > 48
 
 
 @pytest.mark.parametrize("tile, advice", [(None, "sample it in tiles (--tile PX, e.g. --tile 128)"),
                                           (16, "pass a smaller tile than 16 LR pixels")])
-def test_out_of_memory_is_one_sentence_that_suggests_tiles(model, tile, advice):
+def test_out_of_memory_is_one_sentence_that_suggests_tiles(model, tile, advice, monkeypatch):
     up = Upscaler.from_pretrained(model, tile=tile)
 
-    def allocate(y, z1, callback=None):
+    def allocate(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:119] . DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 27648000000 bytes.")
-    up.resolver.latent = allocate
+    monkeypatch.setattr(pipeline, "solve", allocate)
     with pytest.raises(UserError, match=r"^out of memory on cpu for a 40x32 image \(its result alone takes 0.2 MB\); "
                        + advice.replace("(", r"\(").replace(")", r"\)")):
         up.sample(torch.rand(1, 3, 32, 40))
 
 
-def test_other_runtime_errors_pass_through(model):
+def test_other_runtime_errors_pass_through(model, monkeypatch):
     up = Upscaler.from_pretrained(model)
 
-    def broken(y, z1, callback=None):
+    def broken(*args, **kwargs):
         raise RuntimeError("shape mismatch")
-    up.resolver.latent = broken
+    monkeypatch.setattr(pipeline, "solve", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         up.sample(torch.rand(1, 3, 8, 8))
 
@@ -109,7 +112,7 @@ def test_other_runtime_errors_pass_through(model):
 def test_a_result_larger_than_the_memory_is_refused_before_the_work(model, monkeypatch):
     """No tile helps when the result itself does not fit: the sentence says so, before anything runs."""
     up = Upscaler.from_pretrained(model)
-    up.resolver.latent = lambda *args, **kwargs: pytest.fail("the solve ran")
+    monkeypatch.setattr(pipeline, "solve", lambda *args, **kwargs: pytest.fail("the solve ran"))
     monkeypatch.setattr("ecdp.memory.available_memory", lambda device=None: 10**5)
     with pytest.raises(UserError, match=r"^the 160x128 result of a 40x32 image alone needs 0.2 MB of memory and "
                                         r"0.1 MB are available$"):
