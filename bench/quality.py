@@ -2,12 +2,11 @@
 under one Upscaler (ecdp.evaluation: x4 MATLAB-style bicubic LR, Y channel with a scale-pixel crop),
 and JSON written atomically."""
 import json
-import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from ecdp import console
 from ecdp.evaluation import list_images, mean_scores, read_hr, score_image
 from ecdp.fileio import atomic_path
 
@@ -22,7 +21,7 @@ def evaluate(upscaler, sets, desc):
     """{set name: mean scores (ecdp.evaluation.mean_scores)} of upscaler on every image of sets."""
     means = {}
     total = sum(map(len, sets.values()))
-    with torch.inference_mode(), tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False) as bar:
+    with torch.inference_mode(), console.progress(total, desc=desc, unit="image") as bar:
         for name, images in sets.items():
             records = []
             for _, hr in images:

@@ -1,8 +1,10 @@
 """What our commands print while they work: progress, stages, and no library noise.
 
-- ``progress(total, desc=..., unit=...)``: a tqdm bar when stderr is a terminal; otherwise one
-  line per finished item (``upscale: tile 3 of 8 done, 12 s, about 20 s left``), so logs stay
-  readable; with lines every N items, also one whenever SILENT_SECONDS pass without one.
+- ``progress(total, desc=..., unit=...)``: a tqdm bar when stderr is a terminal and tqdm is
+  installed; otherwise one line per finished item (``upscale: tile 3 of 8 done, 12 s, about 20 s
+  left``), so logs stay readable; with lines every N items, also one whenever SILENT_SECONDS pass
+  without one. The package runs without tqdm (a bare checkout on a GPU machine has none).
+- ``write(message)``: one line on stderr that does not break a bar being drawn.
 - ``stage(message)``: a line when a long step starts, and how long it took when it ends.
 - ``set_quiet(True)`` (``--quiet``) silences both; errors are still printed by the commands.
 - ``silence_library_warnings()``: the FutureWarnings and logged warnings that PyTorch's exporters
@@ -16,8 +18,6 @@ import logging
 import sys
 import time
 import warnings
-
-from tqdm import tqdm
 
 _quiet = False
 SILENT_SECONDS = 30
@@ -44,23 +44,42 @@ def progress(total: int | None = None, *, desc: str, unit: str = "it", disable: 
     context manager.
 
     total: the number of items, or None when unknown; initial: those already done (a resumed run).
-    On a terminal it is a tqdm bar on stderr; elsewhere it prints a line after every ``every``
-    items, after the last, and after any item that ends SILENT_SECONDS or more after the last line; with disable (e.g. on all ranks but the first) or under
-    ``set_quiet(True)``, nothing.
+    On a terminal with tqdm installed it is a tqdm bar on stderr; elsewhere it prints a line after
+    every ``every`` items, after the last, and after any item that ends SILENT_SECONDS or more after
+    the last line; with disable (e.g. on all ranks but the first) or under ``set_quiet(True)``,
+    nothing.
     """
-    if _quiet or disable:
-        return tqdm(total=total, disable=True)
-    if sys.stderr.isatty():
+    tqdm = _tqdm()
+    if tqdm is not None and sys.stderr.isatty() and not (_quiet or disable):
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
-    return LineProgress(total, desc=desc, unit=unit, initial=initial, every=every)
+    return LineProgress(total, desc=desc, unit=unit, initial=initial, every=every, silent=_quiet or disable)
+
+
+def write(message: str) -> None:
+    """Print `message` as one line on stderr, above a progress bar if one is being drawn."""
+    tqdm = _tqdm()
+    if tqdm is not None:
+        tqdm.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _tqdm():
+    """tqdm's bar class, or None where tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
 
 
 class LineProgress:
     """Lines on stderr as items finish: count, the postfix values, elapsed seconds and, with a total,
-    the time left."""
+    the time left; nothing when silent."""
 
-    def __init__(self, total: int | None, *, desc: str, unit: str, initial: int = 0, every: int = 1):
-        self.total, self.desc, self.unit, self.every = total, desc, unit, max(1, every)
+    def __init__(self, total: int | None, *, desc: str, unit: str, initial: int = 0, every: int = 1,
+                 silent: bool = False):
+        self.total, self.desc, self.unit, self.every, self.silent = total, desc, unit, max(1, every), silent
         self.n = self.initial = initial
         self.start = self.printed = time.monotonic()
         self.postfix = ""
@@ -68,6 +87,8 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
+        if self.silent:
+            return
         if self.n % self.every and self.n != self.total and now - self.printed < SILENT_SECONDS:
             return
         self.printed = now

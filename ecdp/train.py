@@ -30,7 +30,6 @@ newest intact checkpoint and refuses config changes that would alter the model o
 (resumes, their changes, damaged checkpoints, skipped images) are appended to ``OUT/train.log``.
 """
 import copy
-import sys
 import time
 import warnings
 from datetime import datetime
@@ -41,7 +40,6 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from ecdp import console
 from ecdp.bounds import MIN_SIGMA
@@ -173,7 +171,7 @@ class Trainer:
     def _record(self, message, show=True):
         """Append ``message`` to OUT/train.log (rank 0), and print it unless not ``show``."""
         if show:
-            tqdm.write(f"ecdp train: {message}", file=sys.stderr)
+            console.write(f"ecdp train: {message}")
         path = self.out / EVENTS
         with os_errors(path), open(path, "a") as f:
             f.write(f"{datetime.now().isoformat(timespec='seconds')} step {self.step}: {message}\n")

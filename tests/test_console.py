@@ -45,6 +45,19 @@ def test_quiet_prints_no_progress_and_no_stages(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_without_tqdm_a_terminal_gets_lines_and_messages_still_print(monkeypatch, capsys):
+    """A bare checkout (the GPU machine has no tqdm) reports progress as it does off a terminal."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with console.progress(2, desc="train", unit="step") as bar:
+        bar.update()
+        console.write("ecdp train: resumed")
+        bar.update()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["train: step 1 of 2 done", "ecdp train: resumed",
+                                                      "train: step 2 of 2 done"]
+
+
 def test_stage_says_when_it_starts_and_how_long_it_took(capsys):
     with console.stage("tracing the solve"):
         assert capsys.readouterr().err == "tracing the solve ...\n"

@@ -5,7 +5,6 @@ so rank 0 prints the same table and means.
 """
 import functools
 import json
-import sys
 from pathlib import Path
 
 from ecdp import console
@@ -104,8 +103,6 @@ def _settings(args, upscaler):
 
 def _eval_folder(folder, paths, upscaler, args, distance, bar, process):
     """Score this rank's readable images of one folder (warn about and skip the others); gather all ranks'."""
-    from tqdm import tqdm
-
     from ecdp.evaluation import mean_scores, read_hr, save_strip, score_image
 
     results = []
@@ -114,7 +111,7 @@ def _eval_folder(folder, paths, upscaler, args, distance, bar, process):
         try:
             hr = read_hr(path, scale)
         except UserError as e:
-            tqdm.write(f"ecdp eval: warning: skipped {e}", file=sys.stderr)
+            console.write(f"ecdp eval: warning: skipped {e}")
             results.append((index, path.name, None))
         else:
             record, images = score_image(hr, upscaler, distance)

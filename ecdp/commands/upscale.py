@@ -3,7 +3,6 @@ import argparse
 import contextlib
 import functools
 import os
-import sys
 from pathlib import Path
 
 from ecdp import console
@@ -48,7 +47,6 @@ def add_parser(subparsers):
 
 def run(args):
     import torch
-    from tqdm import tqdm
 
     from ecdp.images import write_image
     from ecdp.memory import memory_errors
@@ -70,12 +68,12 @@ def run(args):
                             sr = upscaler.sample(rgb[None], steps)[0].cpu()
                         write_image(dst, sr, alpha, info, args.quality)
                 except UserError as e:
-                    tqdm.write(f"ecdp upscale: error: {e}", file=sys.stderr)
+                    console.write(f"ecdp upscale: error: {e}")
                     failed += 1
                 files.update()
         failed = process.total(failed)
         if failed and len(outputs) > 1 and process.rank == 0:
-            tqdm.write(f"ecdp upscale: {failed} of {len(outputs)} images failed", file=sys.stderr)
+            console.write(f"ecdp upscale: {failed} of {len(outputs)} images failed")
     return 1 if failed else 0
 
 
