@@ -2,15 +2,21 @@
 
     python bench/gpu_kernels.py --out results.json
 
-GroupNorm + SiLU (at the residual block's second site: x + time projection + conditioning): the
-Triton kernel against the exact reference, then timed against eager ``F.group_norm`` + ``F.silu``
-(same adds, input dtype), ``torch.compile`` of that eager function, and the project's reference
-(fp32 statistics through an fp32 copy, what the network runs with kernels off); on CUDA also the slab
-kernels (``ecdp::group_norm_silu_nhwc``, ecdp.kernels.triton_gn_nhwc), checked against the reference
-at the adds site. Throughput in GB/s
-counts the bytes read once (x, add, add_channel) and written once (the output), and is also given as
-a fraction of a device-to-device copy of x measured in the same run. Tensors under the L2 size
-partly stay in cache, for the copy as for the kernels.
+GroupNorm + SiLU (at the residual block's second site: x + time projection + conditioning), in
+the layouts asked for (default: channels_last, the engine's on CUDA): the Triton kernel and, on
+CUDA, the slab kernels (``ecdp::group_norm_silu_nhwc``, ecdp.kernels.triton_gn_nhwc) against the
+exact reference at both sites of a residual block, then timed against eager ``F.group_norm`` +
+``F.silu`` (same adds, input dtype), ``torch.compile`` of that eager function, and the project's
+reference (fp32 statistics through an fp32 copy, what the network runs with kernels off). Each row
+names the fastest of what the engine can put at that site: eager ("pick_eager": the Triton kernel,
+the slab kernels or the reference) and under torch.compile ("pick_compile": the slab operator or
+Inductor's fusion). Throughput in GB/s counts the bytes read once (x, add, add_channel) and written
+once (the output), and is also given as a fraction of a device-to-device copy of x measured in the
+same run. Tensors under the L2 size partly stay in cache, for the copy as for the kernels.
+
+Every time on CUDA is GPU time: a batch of calls captured in a CUDA graph and replayed, as the engine
+replays its solves, so the host's launch cost is not in it (a call that cannot be captured is timed
+on the stream instead, and its row says so).
 
 ODE update: the fused kernel against the eager sequence (ecdp.kernels.reference.ode_update) and its
 ``torch.compile``, for Euler, an RK4 middle stage and DPM-Solver++(2M), state (B, 3, 256, 256), also
@@ -38,6 +44,7 @@ QUICK_GN_SHAPES = [(16, 8, 8)]
 QUICK_ODE_SIZE = 8
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+LAYOUTS = {"nhwc": torch.channels_last, "nchw": torch.contiguous_format}
 TOLERANCE = {"fp32": 1e-5, "bf16": 2e-2}   # fp32: max abs diff; bf16: relative to the max
 
 
@@ -46,7 +53,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--dtypes", default="bf16,fp32", help="comma-separated subset of bf16,fp32")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--channels-last", action="store_true", help="time channels_last tensors too")
+    parser.add_argument("--layouts", default="nhwc", help="comma-separated subset of nhwc,nchw (GroupNorm inputs)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing")
     parser.add_argument("--reps", type=int, default=30, help="timed repetitions (the median is kept)")
@@ -57,6 +64,9 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f"unknown dtype(s) {', '.join(unknown)}; choose from {', '.join(DTYPES)}")
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    args.layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
+    if set(args.layouts) - set(LAYOUTS):
+        parser.error(f"unknown layout(s) in {','.join(args.layouts)}; choose from {', '.join(LAYOUTS)}")
     return args
 
 
@@ -74,9 +84,11 @@ def check_environment(quick=False):
     return None
 
 
-def cuda_time_ms(fn, warmup, reps):
-    """Median time of one call, in ms: each repetition times a batch of calls between CUDA events
-    (on the CPU: host clock, one call per repetition)."""
+def cuda_time_ms(fn, warmup, reps, graph=False):
+    """Median time of one call, in ms. On CUDA each repetition times a batch of calls between CUDA
+    events; with `graph`, that batch is captured once in a CUDA graph and replayed (GPU time without
+    the host's launch cost), or, where fn cannot be captured, called as it is. On the CPU: host
+    clock, one call per repetition."""
     for _ in range(warmup):
         fn()
     if DEVICE != "cuda":
@@ -92,15 +104,34 @@ def cuda_time_ms(fn, warmup, reps):
     end.record()
     torch.cuda.synchronize()
     inner = max(1, min(100, int(2.0 / max(start.elapsed_time(end), 1e-3))))   # about 2 ms per rep
+    batch = (_captured(fn, inner) if graph else None) or (lambda: [fn() for _ in range(inner)])
     times = []
     for _ in range(reps):
         start.record()
-        for _ in range(inner):
-            fn()
+        batch()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / inner)
     return statistics.median(times)
+
+
+def _captured(fn, calls):
+    """The replay of a CUDA graph of `calls` calls of fn, or None (with a line on stderr) when fn
+    cannot be captured."""
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(stream):
+            fn()   # on the capture stream once, so that lazy set-up happens outside the capture
+            with torch.cuda.graph(graph, stream=stream):
+                for _ in range(calls):
+                    fn()
+    except RuntimeError as e:
+        torch.cuda.synchronize()
+        print(f"timed without a CUDA graph ({str(e).splitlines()[0]})", file=sys.stderr)
+        return None
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph.replay
 
 
 def eager_gn(x, weight, bias, groups, add_channel, add):
@@ -118,15 +149,20 @@ def max_error(got, expected, dtype_name, relative=False):
 
 def bench_group_norm(args, triton_gn, reference):
     results = []
-    layouts = [torch.contiguous_format] + ([torch.channels_last] if args.channels_last else [])
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         for batch in args.batches:
             for C, H, W in (QUICK_GN_SHAPES if args.quick else GN_SHAPES):
-                for layout in layouts:
+                for layout in args.layouts:
                     results.append(_bench_gn_case(args, triton_gn, reference, dtype_name, dtype,
-                                                  batch, C, H, W, layout))
+                                                  batch, C, H, W, LAYOUTS[layout]))
     return results
+
+
+def _fastest(row, names):
+    """The name among `names` with the smallest time in row (names not timed are left out)."""
+    timed = [name for name in names if f"{name}_us" in row]
+    return min(timed, key=lambda name: row[f"{name}_us"]) if timed else None
 
 
 def _bench_gn_case(args, triton_gn, reference, dtype_name, dtype, batch, C, H, W, layout):
@@ -141,6 +177,9 @@ def _bench_gn_case(args, triton_gn, reference, dtype_name, dtype, batch, C, H, W
 
     row = dict(dtype=dtype_name, batch=batch, channels=C, height=H, width=W, groups=groups,
                layout="nhwc" if layout == torch.channels_last else "nchw")
+    slab = None
+    if DEVICE == "cuda":   # the slab kernels have no CPU fallback
+        from ecdp.kernels.triton_gn_nhwc import group_norm_silu as slab
     # parity at both sites of a residual block: plain x, and x + add_channel + add
     for site, adds in (("plain", {}), ("adds", dict(add_channel=add_channel, add=add))):
         out = torch.full_like(x, float("nan"))
@@ -148,6 +187,10 @@ def _bench_gn_case(args, triton_gn, reference, dtype_name, dtype, batch, C, H, W
         expected = reference.group_norm_silu(x, weight, bias, groups, **adds)
         error, passed = max_error(got, expected, dtype_name)
         row[f"error_{site}"], row[f"pass_{site}"] = error, passed and not torch.isnan(got).any().item()
+        if slab is not None:
+            error, passed = max_error(slab(x, weight, bias, groups, adds.get("add_channel"), adds.get("add")),
+                                      expected, dtype_name)
+            row[f"error_slab_{site}"], row[f"pass_slab_{site}"] = error, passed
 
     elem = x.element_size()
     nbytes = (2 * x.numel() + add.numel() + add_channel.numel()) * elem
@@ -164,21 +207,30 @@ def _bench_gn_case(args, triton_gn, reference, dtype_name, dtype, batch, C, H, W
     if not args.no_compile:
         compiled = torch.compile(eager_gn, dynamic=False)
         candidates["compile"] = lambda: compiled(x, weight_d, bias_d, groups, add_channel, add)
-    if DEVICE == "cuda":   # the slab kernels have no CPU fallback
-        from ecdp.kernels.triton_gn_nhwc import group_norm_silu as slab
-        expected = reference.group_norm_silu(x, weight, bias, groups, add_channel=add_channel, add=add)
-        row["error_slab"], row["pass_slab"] = max_error(slab(x, weight, bias, groups, add_channel, add), expected,
-                                                        dtype_name)
+    if slab is not None:
         candidates["slab"] = lambda: slab(x, weight, bias, groups, add_channel, add)
     row["copy_gbs"] = copy_gbs
     for name, fn in candidates.items():
-        ms = cuda_time_ms(fn, args.warmup, args.reps)
+        ms = cuda_time_ms(fn, args.warmup, args.reps, graph=True)
         row[f"{name}_us"] = 1e3 * ms
         row[f"{name}_gbs"] = nbytes / ms / 1e6
         row[f"{name}_of_copy"] = row[f"{name}_gbs"] / copy_gbs
+    row["pick_eager"] = _fastest(row, ["triton", "slab", "reference"])
+    row["pick_compile"] = _fastest(row, ["slab", "compile"]) if not args.no_compile else None
     if not args.no_compile:
         torch._dynamo.reset()
     return row
+
+
+GN_COLUMNS = ["dtype", "batch", "channels", "height", "layout", "pass_plain", "pass_adds", "pass_slab_plain",
+              "pass_slab_adds", "copy_gbs", "triton_us", "triton_of_copy", "slab_us", "slab_of_copy", "eager_us",
+              "eager_of_copy", "compile_us", "compile_of_copy", "reference_us", "pick_eager", "pick_compile"]
+"""The GroupNorm table's columns, here and in the device report."""
+
+
+def gn_passed(row):
+    """Whether every kernel of a GroupNorm row matched the reference (the slab kernels where they ran)."""
+    return all(row[key] for key in ("pass_plain", "pass_adds", "pass_slab_plain", "pass_slab_adds") if key in row)
 
 
 def bench_ode(args, kernels, triton_ode, reference):
@@ -220,7 +272,7 @@ def bench_ode(args, kernels, triton_ode, reference):
                     compiled = torch.compile(reference.ode_update, dynamic=False)
                     candidates["compile"] = lambda: compiled(z, eps_hat, z0_hat, coef, **kw)
                 for name, fn in candidates.items():
-                    ms = cuda_time_ms(fn, args.warmup, args.reps)
+                    ms = cuda_time_ms(fn, args.warmup, args.reps, graph=True)
                     row[f"{name}_us"] = 1e3 * ms
                     row[f"{name}_gbs"] = nbytes / ms / 1e6
                     row[f"{name}_of_copy"] = row[f"{name}_gbs"] / row["copy_gbs"]
@@ -235,7 +287,8 @@ def markdown(rows, columns):
     for row in rows:
         cells = []
         for col in columns:
-            v = row.get(col, "")
+            v = row.get(col)
+            v = "" if v is None else v
             cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -263,9 +316,7 @@ def main(argv=None):
 
     gn = bench_group_norm(args, triton_gn, reference)
     ode = bench_ode(args, kernels, triton_ode, reference)
-    gn_cols = ["dtype", "batch", "channels", "height", "layout", "pass_plain", "pass_adds", "error_adds",
-               "copy_gbs", "triton_us", "triton_gbs", "triton_of_copy", "eager_us", "eager_of_copy",
-               "compile_us", "compile_of_copy", "reference_us", "pass_slab", "slab_us", "slab_of_copy"]
+    gn_cols = GN_COLUMNS
     ode_cols = ["use", "dtype", "batch", "passed", "error", "fused_us", "fused_gbs", "eager_us", "compile_us"]
     print(f"## GroupNorm + SiLU ({torch.cuda.get_device_name()})\n")
     print(markdown(gn, [c for c in gn_cols if not (args.no_compile and c.startswith("compile"))]))
@@ -273,7 +324,7 @@ def main(argv=None):
     print(markdown(ode, [c for c in ode_cols if not (args.no_compile and c.startswith("compile"))]))
     write_json_atomic(args.out, dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                                      triton=triton.__version__, group_norm_silu=gn, ode_update=ode))
-    failed = [r for r in gn if not (r["pass_plain"] and r["pass_adds"])] + [r for r in ode if not r["passed"]]
+    failed = [r for r in gn if not gn_passed(r)] + [r for r in ode if not r["passed"]]
     if failed:
         print(f"\n{len(failed)} parity check(s) failed; see {args.out}.", file=sys.stderr)
         return 2

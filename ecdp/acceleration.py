@@ -6,11 +6,13 @@
   at its boundary keep the inputs, the ODE state and the outputs the caller's fp32.
 - ``fused_solve``: the fixed-step solve driven by the fused ODE update (``ecdp.kernels.ode_update``)
   over a coefficient table precomputed on the device (``ecdp.kernels.ode_coef.solver_table``).
+- ``backends``: the process-wide backend settings a Speed asks for, while a solve runs.
 - ``GraphedSolve``: on CUDA, a fixed-shape function of tensors captured once per input shape in a
   CUDA graph and replayed on a private stream; one capture at a time per process; safe to call
   from several threads; a small LRU of graphs.
 """
 import collections
+import contextlib
 import copy
 import functools
 import threading
@@ -87,6 +89,19 @@ def _first_input(module, args, dtype, layout):
     """args with its first tensor in `dtype` (None: as it is) and `layout`."""
     first = args[0] if dtype is None else args[0].to(dtype)
     return (first.contiguous(memory_format=layout), *args[1:])
+
+
+@contextlib.contextmanager
+def backends(speed: Speed):
+    """Within the block, cuDNN's autotuner on if `speed` asks for it (``cudnn_benchmark``); the
+    setting before is restored after. The setting is process-wide: a solve without it that runs
+    meanwhile in another thread may be tuned too (only its speed changes)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or speed.cudnn_benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 class OneDNNConv1x1(nn.Conv2d):

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ecdp.acceleration import GraphedSolve, fused_solve, prepare
+from ecdp.acceleration import GraphedSolve, backends, fused_solve, prepare
 from ecdp.kernels.ode_coef import solver_table
 from ecdp.parametrization import HybridDenoiser
 from ecdp.resize import upscale as upscale_bicubic
@@ -77,16 +77,17 @@ class SuperResolver(nn.Module):
         x (B, 3, s h, s w) in [0, 1], fp32.
         """
         mu = self.upscale(y) if mu is None else mu
-        if replay and self.graphs is not None and z1.is_cuda:
-            x = self.graphs(y, z1, mu)
-            for _ in range(self.sampler.steps if callback else 0):
-                callback()
-            return x, self.sampler.nfe
-        cond = self.net.encode(y, z1.shape[-2:])
-        if self.speed.fused_ode:
-            z, nfe = fused_solve(self.net.denoiser, z1, cond, self.table(z1), callback), self.sampler.nfe
-        else:
-            z, nfe = solve(self.model, z1, cond, self.sampler, callback=callback)
+        with backends(self.speed):
+            if replay and self.graphs is not None and z1.is_cuda:
+                x = self.graphs(y, z1, mu)
+                for _ in range(self.sampler.steps if callback else 0):
+                    callback()
+                return x, self.sampler.nfe
+            cond = self.net.encode(y, z1.shape[-2:])
+            if self.speed.fused_ode:
+                z, nfe = fused_solve(self.net.denoiser, z1, cond, self.table(z1), callback), self.sampler.nfe
+            else:
+                z, nfe = solve(self.model, z1, cond, self.sampler, callback=callback)
         return to_image(mu, self.sigma, z), nfe
 
     def table(self, z1: torch.Tensor) -> tuple:

@@ -42,6 +42,9 @@ class Speed:
     projection's (exact in real arithmetic; one kernel fewer per block on CUDA). triton_norm: the
     Triton GroupNorm + SiLU kernel at every norm site (CUDA). fused_ode: fixed-step solves through
     the fused ODE update. cuda_graphs: fixed-step solves replayed from CUDA graphs.
+    cudnn_benchmark: cuDNN's autotuner on while a solve runs (each input shape's first call times
+    the convolution algorithms, later calls reuse the fastest; a replayed solve tunes while warming
+    up, before its capture).
     compile_mode: the denoiser through ``torch.compile`` in that mode (None: eager). Raises
     ValueError for an unknown precision or compile mode.
     """
@@ -55,6 +58,7 @@ class Speed:
     triton_norm: bool = False
     fused_ode: bool = False
     cuda_graphs: bool = False
+    cudnn_benchmark: bool = False
     compile_mode: str | None = None
 
     def __post_init__(self):
@@ -82,8 +86,8 @@ class Speed:
 
         precision "auto" is bf16 on CUDA, and on CPUs with bf16 arithmetic (native_bf16) for
         fixed-step solvers (dopri5's error control would see bf16's rounding); else fp32. On CUDA:
-        weights cast once, channels_last, the conv1 biases folded, fixed-step solves replayed from
-        CUDA graphs, and the Triton kernels that KERNEL_FIGURES shows faster than the alternative
+        weights cast once, channels_last, the conv1 biases folded, cuDNN's autotuner, fixed-step
+        solves replayed from CUDA graphs, and the Triton kernels that KERNEL_FIGURES shows faster than the alternative
         (never under compile, where Inductor fuses the same sites faster). On the CPU: the
         denoiser's weights cast once (the encoder stays fp32), channels_last and 1x1 convolutions
         on oneDNN. Raises ValueError for an unknown precision, or bf16 on a CPU where oneDNN has no
@@ -95,7 +99,8 @@ class Speed:
         if torch.device(device).type == "cuda":
             precision = "bf16" if precision == "auto" else precision
             return cls(precision=precision, encoder_precision=precision, channels_last=True, fold_biases=True,
-                       triton_norm=not compile and _triton_available(), cuda_graphs=fixed_step, compile_mode=mode)
+                       triton_norm=not compile and _triton_available(), cuda_graphs=fixed_step,
+                       cudnn_benchmark=True, compile_mode=mode)
         if precision == "auto":
             precision = "bf16" if native_bf16() and fixed_step else "fp32"
         if precision == "bf16" and not bf16_supported():

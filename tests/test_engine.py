@@ -237,3 +237,22 @@ def test_fused_ode_solve_matches_the_reference_in_float64(tiny, solver, grid):
     fused_error = (fused.double() - truth).abs().max().item()
     assert fused_error <= 1e-5
     assert fused_error <= (unfused.double() - truth).abs().max().item() + 1e-6
+
+
+def test_cudnn_autotuning_is_on_while_a_solve_runs_and_restored_after(tiny):
+    """Speed.cudnn_benchmark reaches every network call of the solve, and the process-wide setting
+    comes back as it was, after a solve and after a failing one."""
+    resolver = SuperResolver(tiny, ModelConfig(sigma=0.2), SamplerSpec(solver="heun", steps=2),
+                             Speed(cudnn_benchmark=True))
+    seen = []
+    hook = resolver.net.denoiser.register_forward_pre_hook(lambda module, args: seen.append(torch.backends.cudnn.benchmark))
+    y, z1 = _inputs()
+    assert torch.backends.cudnn.benchmark is False
+    with torch.inference_mode():
+        resolver.run(y, z1)
+    assert seen == [True] * 4 and torch.backends.cudnn.benchmark is False
+    hook.remove()
+    resolver.net.denoiser.register_forward_pre_hook(lambda module, args: 1 / 0)
+    with pytest.raises(ZeroDivisionError), torch.inference_mode():
+        resolver.run(y, z1)
+    assert torch.backends.cudnn.benchmark is False

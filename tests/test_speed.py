@@ -22,7 +22,7 @@ def test_cuda_auto_casts_once_in_channels_last_and_captures_fixed_steps(fixed_st
     speed = Speed.auto("cuda", fixed_step)   # a device name: no GPU needed to choose
     assert (speed.precision, speed.encoder_precision, speed.autocast) == ("bf16", "bf16", False)
     assert speed.channels_last and speed.fold_biases and not speed.onednn_1x1
-    assert speed.cuda_graphs is fixed_step
+    assert speed.cuda_graphs is fixed_step and speed.cudnn_benchmark
     assert not speed.fused_ode   # KERNEL_FIGURES: it did not earn its place
     assert speed.engine == "fast"
 
@@ -113,4 +113,4 @@ def test_every_option_has_a_field_and_one_definition():
     assert not hasattr(kernels, "set_enabled") and not hasattr(kernels, "enabled")
     assert {f.name for f in dataclasses.fields(Speed)} == {
         "precision", "encoder_precision", "autocast", "channels_last", "onednn_1x1", "fold_biases", "triton_norm",
-        "fused_ode", "cuda_graphs", "compile_mode"}
+        "fused_ode", "cuda_graphs", "cudnn_benchmark", "compile_mode"}
