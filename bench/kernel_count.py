@@ -61,7 +61,7 @@ class _Counting(TorchDispatchMode):
         self.count.kernels[packet.__name__] += 1
         self.count.bytes += sum(t.numel() * t.element_size() for t in tensors)
         if packet in CONVOLUTIONS:
-            x, bias = args[0], args[2]
+            x, bias = args[0], (args[2] if len(args) > 2 else (kwargs or {}).get("bias"))   # defaults may be left off
             if x.is_contiguous(memory_format=torch.channels_last):
                 out = out.contiguous(memory_format=torch.channels_last)
             else:

@@ -2,7 +2,7 @@
 
 - ``prepare``: the network as a Speed runs it: a copy whose weights are cast once (or that runs
   under autocast, for the exporters), in channels_last, with 1x1 convolutions kept on oneDNN, the
-  conv1 biases folded, the Triton GroupNorm + SiLU at the norm sites, and ``torch.compile``; casts
+  residual blocks' biases folded, the Triton GroupNorm + SiLU at the norm sites, and ``torch.compile``; casts
   at its boundary keep the inputs, the ODE state and the outputs the caller's fp32.
 - ``fused_solve``: the fixed-step solve driven by the fused ODE update (``ecdp.kernels.ode_update``)
   over a coefficient table precomputed on the device (``ecdp.kernels.ode_coef.solver_table``).
@@ -40,7 +40,7 @@ def prepare(net: nn.Module, speed: Speed) -> nn.Module:
     if speed.fold_biases:
         for block in net.denoiser.modules():
             if isinstance(block, ResBlock):
-                _fold_conv1_bias(block)
+                _fold_biases(block)
     for module in net.modules():
         if speed.onednn_1x1 and _pointwise(module):
             module.__class__ = OneDNNConv1x1
@@ -58,11 +58,16 @@ def _pointwise(module):
     return type(module) is nn.Conv2d and module.kernel_size == (1, 1) and module.padding == (0, 0)
 
 
-def _fold_conv1_bias(block):
-    """conv1(x) + b + time_proj(emb) = conv1_without_bias(x) + (time_proj(emb) + b): the bias moves
-    into the time projection's, which the GroupNorm after it adds anyway."""
+def _fold_biases(block):
+    """Two bias additions of a residual block fewer, the same function in real arithmetic:
+    conv1(x) + b + time_proj(emb) = conv1_without_bias(x) + (time_proj(emb) + b), the bias moving
+    into the time projection's, which the GroupNorm after it adds anyway; and, where the skip is a
+    convolution, skip(x) + b' + conv2(h) = skip_without_bias(x) + conv2(h) with b' in conv2's bias."""
     with torch.no_grad():
         block.time_proj.bias += block.conv1.bias
+        if isinstance(block.skip, nn.Conv2d):
+            block.conv2.bias += block.skip.bias
+            block.skip.bias = None
     block.conv1.bias = None
 
 

@@ -39,7 +39,8 @@ class Speed:
     ``torch.autocast`` (fp32 weights, casts traced into the graph: the exporters) instead of
     weights cast once. channels_last: the network's memory layout. onednn_1x1: 1x1 convolutions
     kept on oneDNN (CPU). fold_biases: each residual block's conv1 bias folded into its time
-    projection's (exact in real arithmetic; one kernel fewer per block on CUDA). triton_norm: the
+    projection's, and its skip convolution's into conv2's (exact in real arithmetic; a kernel fewer
+    per bias on CUDA). triton_norm: the
     Triton GroupNorm + SiLU kernel at every norm site (CUDA). fused_ode: fixed-step solves through
     the fused ODE update. cuda_graphs: fixed-step solves replayed from CUDA graphs.
     cudnn_benchmark: cuDNN's autotuner on while a solve runs (each input shape's first call times
@@ -86,7 +87,7 @@ class Speed:
 
         precision "auto" is bf16 on CUDA, and on CPUs with bf16 arithmetic (native_bf16) for
         fixed-step solvers (dopri5's error control would see bf16's rounding); else fp32. On CUDA:
-        weights cast once, channels_last, the conv1 biases folded, cuDNN's autotuner, fixed-step
+        weights cast once, channels_last, the residual blocks' biases folded, cuDNN's autotuner, fixed-step
         solves replayed from CUDA graphs, and the Triton kernels that KERNEL_FIGURES shows faster than the alternative
         (never under compile, where Inductor fuses the same sites faster). On the CPU: the
         denoiser's weights cast once (the encoder stays fp32), channels_last and 1x1 convolutions

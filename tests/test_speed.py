@@ -72,16 +72,20 @@ def test_export_runs_autocast_at_the_exported_precision():
 
 
 def test_folded_biases_give_the_same_network():
-    """conv1's bias moved into the time projection's: the same function in real arithmetic (fp32 here:
-    equal to rounding)."""
+    """conv1's bias moved into the time projection's, the skip convolution's into conv2's: the same
+    function in real arithmetic (fp32 here: equal to rounding)."""
     torch.manual_seed(0)
     net = build("tiny").eval()
     for block in net.modules():
         if isinstance(block, ResBlock):
             torch.nn.init.normal_(block.conv1.bias, std=0.5)
             torch.nn.init.normal_(block.conv2.weight, std=0.05)
+            if isinstance(block.skip, torch.nn.Conv2d):
+                torch.nn.init.normal_(block.skip.bias, std=0.5)
     folded = prepare(net, Speed(fold_biases=True))
-    assert all(b.conv1.bias is None for b in folded.modules() if isinstance(b, ResBlock))
+    blocks = [b for b in folded.modules() if isinstance(b, ResBlock)]
+    assert all(b.conv1.bias is None for b in blocks)
+    assert sum(b.skip.bias is None for b in blocks if isinstance(b.skip, torch.nn.Conv2d)) >= 2
     y, z = torch.rand(2, 3, 8, 8), torch.randn(2, 3, 32, 32)
     t = torch.tensor([0.3, 0.7])
     with torch.no_grad():
