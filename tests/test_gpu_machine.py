@@ -12,7 +12,8 @@ tomllib = pytest.importorskip("tomllib")   # Python 3.11+
 ROOT = Path(__file__).parent.parent
 MODULE = {"pillow": "PIL", "pyyaml": "yaml", "scikit-image": "skimage"}   # where a module is not named as its package
 GPU_RUNS = ["ecdp.cli", "ecdp.train", "ecdp.commands.train", "ecdp.commands.eval", "ecdp.commands.upscale",
-            "ecdp.commands.demo", "bench.gpu.device", "bench.gpu_kernels", "bench.sampler_study", "bench.kernel_count"]
+            "ecdp.commands.demo", "bench.gpu.device", "bench.gpu.train_plan", "bench.gpu_kernels", "bench.sampler_study",
+            "bench.kernel_count"]
 GPU_TESTS = ["tests/test_cuda.py", "tests/test_engine.py", "tests/test_train_script.py"]
 
 
