@@ -101,7 +101,7 @@ def before_speed():
     """The CUDA fast engine of 41605cb as a Speed: bf16 under autocast, NCHW, the Triton GroupNorm
     and the fused ODE update, CUDA graphs."""
     from ecdp.speed import Speed
-    return Speed(precision="bf16", encoder_precision="bf16", autocast=True, triton_norm=True, fused_ode=True,
+    return Speed(precision="bf16", encoder_precision="bf16", autocast=True, norm_kernel="triton", fused_ode=True,
                  cuda_graphs=True)
 
 

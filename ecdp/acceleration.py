@@ -2,7 +2,7 @@
 
 - ``prepare``: the network as a Speed runs it: a copy whose weights are cast once (or that runs
   under autocast, for the exporters), in channels_last, with 1x1 convolutions kept on oneDNN, the
-  residual blocks' biases folded, the Triton GroupNorm + SiLU at the norm sites, and ``torch.compile``; casts
+  residual blocks' biases folded, a GroupNorm + SiLU kernel at the norm sites, and ``torch.compile``; casts
   at its boundary keep the inputs, the ODE state and the outputs the caller's fp32.
 - ``fused_solve``: the fixed-step solve driven by the fused ODE update (``ecdp.kernels.ode_update``)
   over a coefficient table precomputed on the device (``ecdp.kernels.ode_coef.solver_table``).
@@ -44,14 +44,18 @@ def prepare(net: nn.Module, speed: Speed) -> nn.Module:
     for module in net.modules():
         if speed.onednn_1x1 and _pointwise(module):
             module.__class__ = OneDNNConv1x1
-        if speed.triton_norm and isinstance(module, GroupNormSiLU):
-            module.impl = kernels.group_norm_silu
+        if speed.norm_kernel and isinstance(module, GroupNormSiLU):
+            module.impl = NORM_IMPLS[speed.norm_kernel]
     if speed.channels_last:
         net.to(memory_format=torch.channels_last)
     _cast_at_boundaries(net, speed)
     if speed.compile_mode:
         net.denoiser.compile(mode=speed.compile_mode, dynamic=False)
     return net.eval()
+
+
+NORM_IMPLS = {"triton": kernels.group_norm_silu, "slab": kernels.group_norm_silu_slab}
+"""Speed.norm_kernel's choices: what a GroupNormSiLU computes with."""
 
 
 def _pointwise(module):

@@ -17,6 +17,7 @@ from ecdp.choices import DEFAULT_ENGINE, ENGINES, PRECISIONS
 
 NETWORK_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+NORM_KERNELS = ("triton", "slab")
 
 KERNEL_FIGURES = {
     "group_norm_silu": "NVIDIA H200 at 41605cb, paper preset 64 -> 256, Heun 3, CUDA graph: 14.7 ms/img with the kernel, "
@@ -40,14 +41,17 @@ class Speed:
     weights cast once. channels_last: the network's memory layout. onednn_1x1: 1x1 convolutions
     kept on oneDNN (CPU). fold_biases: each residual block's conv1 bias folded into its time
     projection's, and its skip convolution's into conv2's (exact in real arithmetic; a kernel fewer
-    per bias on CUDA). triton_norm: the
-    Triton GroupNorm + SiLU kernel at every norm site (CUDA). fused_ode: fixed-step solves through
+    per bias on CUDA). norm_kernel: the
+    GroupNorm + SiLU at every norm site: None, the reference (which torch.compile fuses by itself);
+    "triton", ``ecdp.kernels.group_norm_silu`` (eager: under torch.compile it hands Inductor the
+    reference); "slab", ``ecdp.kernels.group_norm_silu_slab``, an operator torch.compile keeps
+    (inference, CUDA). fused_ode: fixed-step solves through
     the fused ODE update. cuda_graphs: fixed-step solves replayed from CUDA graphs.
     cudnn_benchmark: cuDNN's autotuner on while a solve runs (each input shape's first call times
     the convolution algorithms, later calls reuse the fastest; a replayed solve tunes while warming
     up, before its capture).
     compile_mode: the denoiser through ``torch.compile`` in that mode (None: eager). Raises
-    ValueError for an unknown precision or compile mode.
+    ValueError for an unknown precision, norm kernel or compile mode.
     """
 
     precision: str = "fp32"
@@ -56,7 +60,7 @@ class Speed:
     channels_last: bool = False
     onednn_1x1: bool = False
     fold_biases: bool = False
-    triton_norm: bool = False
+    norm_kernel: str | None = None
     fused_ode: bool = False
     cuda_graphs: bool = False
     cudnn_benchmark: bool = False
@@ -67,6 +71,8 @@ class Speed:
             if getattr(self, name) not in NETWORK_PRECISIONS:
                 raise ValueError(f"unknown {name.replace('_', ' ')} {getattr(self, name)!r}; "
                                  f"choose one of {', '.join(NETWORK_PRECISIONS)}")
+        if self.norm_kernel not in (None, *NORM_KERNELS):
+            raise ValueError(f"unknown norm kernel {self.norm_kernel!r}; choose one of {', '.join(NORM_KERNELS)}")
         if self.compile_mode not in (None, *COMPILE_MODES):
             raise ValueError(f"unknown compile mode {self.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
 
@@ -100,7 +106,7 @@ class Speed:
         if torch.device(device).type == "cuda":
             precision = "bf16" if precision == "auto" else precision
             return cls(precision=precision, encoder_precision=precision, channels_last=True, fold_biases=True,
-                       triton_norm=not compile and _triton_available(), cuda_graphs=fixed_step,
+                       norm_kernel="triton" if not compile and _triton_available() else None, cuda_graphs=fixed_step,
                        cudnn_benchmark=True, compile_mode=mode)
         if precision == "auto":
             precision = "bf16" if native_bf16() and fixed_step else "fp32"
@@ -142,6 +148,8 @@ class Speed:
         words = [self.precision] + [f.name.replace("_", " ") for f in fields(self) if getattr(self, f.name) is True]
         if self.encoder_precision != self.precision:
             words.insert(1, f"encoder {self.encoder_precision}")
+        if self.norm_kernel:
+            words.append(f"{self.norm_kernel} norm")
         if self.compile_mode:
             words.append(f"compile {self.compile_mode}")
         return ", ".join(words)

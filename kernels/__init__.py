@@ -7,9 +7,9 @@
   Euler / Heun / RK4 / DPM-Solver++(2M) update in one pass; coefficients from ``ode_coef``
   (``solver_table``: a whole fixed-step solve, one row per network evaluation).
 
-``triton_gn_nhwc.group_norm_silu`` (the operator ``ecdp::group_norm_silu_nhwc``, which
-torch.compile keeps) computes the same GroupNorm + SiLU with one program per slab of pixels x all
-channels, built for channels_last; the dispatcher does not use it.
+- ``group_norm_silu_slab``: the same GroupNorm + SiLU on ``triton_gn_nhwc``'s kernels (one program
+  per slab of pixels x all channels, built for channels_last), as the operator
+  ``ecdp::group_norm_silu_nhwc``, which torch.compile keeps in its graph; no dispatch, no gradients.
 
 Dispatch: the Triton kernels run on CUDA tensors, and on any tensor when ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter); everything else, and everything when Triton is not installed, runs the
@@ -25,7 +25,7 @@ from ecdp.kernels import reference
 from ecdp.kernels.ode_coef import (COEF_FIELDS, RK_TABLEAUS, Stage, dpmpp2m_coef, euler_coef, ode_coef, rk_coefs,
                                    solver_table)
 
-__all__ = ["group_norm_silu", "ode_update", "triton_available",
+__all__ = ["group_norm_silu", "group_norm_silu_slab", "ode_update", "triton_available",
            "ode_coef", "euler_coef", "rk_coefs", "dpmpp2m_coef", "solver_table", "Stage",
            "COEF_FIELDS", "RK_TABLEAUS"]
 
@@ -101,6 +101,15 @@ def group_norm_silu(x, weight, bias, groups, *, add_channel=None, add=None, eps=
         return _GroupNormSiLU.apply(x, weight, bias, add_channel, add, groups, eps, silu)
     return _triton()[0].group_norm_silu(x, weight, bias, groups, add_channel=add_channel, add=add,
                                         eps=eps, silu=silu)
+
+
+def group_norm_silu_slab(x, weight, bias, groups, *, add_channel=None, add=None, eps=1e-5, silu=True):
+    """group_norm_silu on the slab kernels, always (CUDA tensors; CPU ones under TRITON_INTERPRET=1):
+    the operator ``ecdp::group_norm_silu_nhwc``, which torch.compile keeps in its graph and fuses
+    around. Inference only (the operator has no backward). Raises RuntimeError without Triton."""
+    if not triton_available():
+        raise RuntimeError("the slab GroupNorm + SiLU kernels need Triton (pip install triton)")
+    return _triton()[2].group_norm_silu(x, weight, bias, groups, add_channel, add, eps, silu)
 
 
 def ode_update(z_t, eps_hat, z0_hat, coef, *, base=None, acc=None, write_acc=False, out=None, acc_out=None):

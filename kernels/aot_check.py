@@ -95,7 +95,7 @@ def _meta_resolver(case):
     with torch.device("meta"):
         net = build(case.preset).eval()
     speed = Speed(precision=case.dtype, encoder_precision=case.dtype, channels_last=case.channels_last,
-                  triton_norm=True, fused_ode=True)
+                  norm_kernel="triton", fused_ode=True)
     return SuperResolver(net, ModelConfig(net=PRESETS[case.preset]), SamplerSpec(case.solver, case.steps), speed)
 
 

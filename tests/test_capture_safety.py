@@ -96,7 +96,7 @@ def meta_net():
 
 def _region(net, solver, steps, *, grid="logsnr", fused_ode=True, channels_last=False):
     """Run what a fresh graphed resolver hands to its capture (its coefficient table built inside)."""
-    speed = Speed(channels_last=channels_last, triton_norm=True, fused_ode=fused_ode, cuda_graphs=True)
+    speed = Speed(channels_last=channels_last, norm_kernel="triton", fused_ode=fused_ode, cuda_graphs=True)
     resolver = SuperResolver(net, ModelConfig(sigma=0.2), SamplerSpec(solver=solver, steps=steps, grid=grid), speed)
     y = torch.empty(2, 3, 8, 8, device="meta")
     z1 = torch.empty(resolver.noise_shape(y), device="meta")

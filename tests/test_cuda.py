@@ -121,7 +121,7 @@ def test_cuda_graph_replay_of_every_fixed_step_solver(tiny_cuda, solver, steps, 
     """Captured and replayed (channels_last, fused ODE update, Triton GN) equals the same solve run eagerly."""
     g = torch.Generator().manual_seed(1)
     speed = Speed(precision=precision, encoder_precision=precision, channels_last=True, fold_biases=True,
-                  triton_norm=True, fused_ode=True, cuda_graphs=True)
+                  norm_kernel="triton", fused_ode=True, cuda_graphs=True)
     resolver = SuperResolver(tiny_cuda, ModelConfig(sigma=0.2), SamplerSpec(solver=solver, steps=steps), speed)
     with torch.inference_mode():
         for _ in range(2):

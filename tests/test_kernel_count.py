@@ -27,7 +27,7 @@ def test_the_cuda_engine_launches_at_most_half_the_kernels_of_before():
 def test_the_rules_count_what_they_name():
     """NCHW convolutions cost three transposes each, autocast two casts per layer: the counts differ
     from the channels_last bf16 network by exactly the rules."""
-    bf16 = dict(precision="bf16", encoder_precision="bf16", triton_norm=True)
+    bf16 = dict(precision="bf16", encoder_precision="bf16", norm_kernel="triton")
     plain = count_solve(Speed(**bf16), preset="tiny", lr=8)
     nhwc = count_solve(Speed(**bf16, channels_last=True), preset="tiny", lr=8)
     convs = plain.kernels["conv2d"]

@@ -423,10 +423,10 @@ def _live_net(preset):
 
 
 def test_paper_denoiser_parity_kernels_on_off(triton_calls):
-    """The network with the Triton GroupNorm + SiLU at every norm site (Speed.triton_norm) and the
+    """The network with the Triton GroupNorm + SiLU at every norm site (Speed.norm_kernel "triton") and the
     plain one agree on the paper-preset denoiser, HR 32x32, LR 8x8, batch 1."""
     net = _live_net("paper").eval()
-    fast = prepare(net, Speed(triton_norm=True))
+    fast = prepare(net, Speed(norm_kernel="triton"))
     y = torch.rand(1, 3, 8, 8, generator=_gen(1))
     z_t = _randn(1, 3, 32, 32, seed=2)
     t = torch.tensor([0.3])
@@ -442,6 +442,22 @@ def test_paper_denoiser_parity_kernels_on_off(triton_calls):
     print(f"paper denoiser at 32x32 under the interpreter: {elapsed:.1f} s")
 
 
+def test_tiny_denoiser_on_the_slab_norm_matches_the_plain_one(triton_calls):
+    """Speed.norm_kernel "slab": the operator at every norm site of a channels_last network gives the
+    plain network's estimates (fp32, to the same tolerance as the Triton kernel above)."""
+    net = _live_net("tiny").eval()
+    slab = prepare(net, Speed(channels_last=True, norm_kernel="slab"))
+    y = torch.rand(2, 3, 4, 4, generator=_gen(1))
+    z_t = _randn(2, 3, 16, 16, seed=2)
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        on = slab.denoiser(z_t, t, slab.encode(y, z_t.shape[-2:]))
+        off = net.denoiser(z_t, t, net.encode(y, z_t.shape[-2:]))
+    assert triton_calls == ["group_norm_silu"] * sum(isinstance(m, nets.GroupNormSiLU) for m in net.denoiser.modules())
+    for a, b in zip(on, off):
+        torch.testing.assert_close(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
+
+
 def test_tiny_net_training_gradients_kernels_on_off(triton_calls):
     """A training step's gradients agree with kernels on (Triton forward in the autograd
     Function, at every GN site) and off."""
@@ -450,7 +466,7 @@ def test_tiny_net_training_gradients_kernels_on_off(triton_calls):
     z_t = _randn(1, 3, 8, 8, seed=2)
     t = torch.tensor([0.3])
     grads = []
-    for copy in (prepare(net, Speed(triton_norm=True)), net):
+    for copy in (prepare(net, Speed(norm_kernel="triton")), net):
         eps_hat, z0_hat = copy.denoiser(z_t, t, copy.encode(y, z_t.shape[-2:]))
         (eps_hat.square().mean() + z0_hat.square().mean()).backward()
         grads.append({name: p.grad.clone() for name, p in copy.named_parameters() if p.grad is not None})

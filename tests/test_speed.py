@@ -29,9 +29,9 @@ def test_cuda_auto_casts_once_in_channels_last_and_captures_fixed_steps(fixed_st
 
 def test_compile_replaces_the_triton_norm_on_cuda(monkeypatch):
     monkeypatch.setattr(ecdp.speed, "_triton_available", lambda: True)
-    assert Speed.auto("cuda", True).triton_norm
+    assert Speed.auto("cuda", True).norm_kernel == "triton"
     compiled = Speed.auto("cuda", True, compile=True)
-    assert compiled.compile_mode == "default" and not compiled.triton_norm
+    assert compiled.compile_mode == "default" and compiled.norm_kernel is None
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -39,7 +39,7 @@ def test_cpu_auto_follows_the_hardware(monkeypatch, native):
     monkeypatch.setattr(ecdp.speed, "native_bf16", lambda: native)
     speed = Speed.auto("cpu", True)
     assert speed.precision == ("bf16" if native else "fp32") and speed.encoder_precision == "fp32"
-    assert speed.channels_last and not (speed.cuda_graphs or speed.triton_norm or speed.fused_ode)
+    assert speed.channels_last and not (speed.cuda_graphs or speed.norm_kernel or speed.fused_ode)
     assert Speed.auto("cpu", fixed_step=False).precision == "fp32"   # dopri5's error control
 
 
@@ -55,7 +55,8 @@ def test_bad_options_are_one_sentence(options, sentence):
         Speed.choose(**options)
 
 
-@pytest.mark.parametrize("field, value", [("precision", "int8"), ("encoder_precision", "fp64"), ("compile_mode", "fast")])
+@pytest.mark.parametrize("field, value", [("precision", "int8"), ("encoder_precision", "fp64"), ("compile_mode", "fast"),
+                                          ("norm_kernel", "cudnn")])
 def test_a_speed_is_checked_when_made(field, value):
     with pytest.raises(ValueError, match="unknown"):
         Speed(**{field: value})
@@ -97,7 +98,7 @@ def test_a_prepared_network_keeps_the_callers_dtypes_and_is_a_copy():
     """bf16 weights inside; fp32 in and out, as the denoiser contract gives them; the conditioning in
     the denoiser's dtype; the Triton norm put in place only where asked."""
     net = build("tiny").eval()
-    fast = prepare(net, Speed(precision="bf16", channels_last=True, triton_norm=True))
+    fast = prepare(net, Speed(precision="bf16", channels_last=True, norm_kernel="triton"))
     assert next(fast.denoiser.parameters()).dtype == torch.bfloat16 and next(net.parameters()).dtype == torch.float32
     assert next(fast.encoder.parameters()).dtype == torch.float32
     import ecdp.kernels as kernels
@@ -116,5 +117,5 @@ def test_every_option_has_a_field_and_one_definition():
     import ecdp.kernels as kernels
     assert not hasattr(kernels, "set_enabled") and not hasattr(kernels, "enabled")
     assert {f.name for f in dataclasses.fields(Speed)} == {
-        "precision", "encoder_precision", "autocast", "channels_last", "onednn_1x1", "fold_biases", "triton_norm",
+        "precision", "encoder_precision", "autocast", "channels_last", "onednn_1x1", "fold_biases", "norm_kernel",
         "fused_ode", "cuda_graphs", "cudnn_benchmark", "compile_mode"}

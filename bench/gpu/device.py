@@ -17,11 +17,12 @@ is recorded as skipped, never silently dropped), each failure recorded and the r
    64 -> 256 and the built-in model at 64 -> 256 and 256 -> 1024, batch 1 and 8; the reference
    (fp32 dopri5 at tol 1e-3 with its NFE, and Heun 3 on the log-SNR grid, TF32 off) and the fast
    engine (Heun 3 log-SNR) at the Speeds of FAST, each row naming its Speed: the fast engine's own
-   (Speed.auto), without CUDA graphs, without the Triton kernels, with the fused ODE update, with
-   torch.compile. PSNR of each fast output against the fp32 Heun 3 reference from the same noise.
+   (Speed.auto), without CUDA graphs, without the Triton kernels, with the slab GroupNorm kernels,
+   with the fused ODE update, with torch.compile. PSNR of each fast output against the fp32 Heun 3 reference from the same noise.
    Then one network evaluation per image with the conditioning cached, replayed from a CUDA graph:
-   the fast engine's network against the anchor, plain PyTorch done right on the same inputs (the
-   plain network in bf16 and channels_last, torch.compile, CUDA graph), and their ratio.
+   the anchor, plain PyTorch done right on the same inputs (the plain network in bf16 and
+   channels_last, torch.compile, CUDA graph), then the fast engine's network under torch.compile
+   with Inductor's GroupNorm and with the slab operator, each with its ratio to the anchor.
 
 --quick: the same code on the CPU at tiny sizes (the tiny preset in place of the paper preset,
 LR 8), no torch.compile, in seconds; so the GPU run cannot fail on a typo.
@@ -49,9 +50,10 @@ QUICK_CASES = [("tiny", 8, 1), ("default", 8, 2)]
 FAST = {   # name: the Speed of the row from the fast engine's own (Speed.auto on the device) and the device
     "fast engine": lambda auto, device: auto,
     "no CUDA graphs": lambda auto, device: dataclasses.replace(auto, cuda_graphs=False),
-    "no Triton": lambda auto, device: dataclasses.replace(auto, triton_norm=False),
+    "no Triton": lambda auto, device: dataclasses.replace(auto, norm_kernel=None),
+    "slab norm": lambda auto, device: dataclasses.replace(auto, norm_kernel="slab"),
     "fused ODE update": lambda auto, device: dataclasses.replace(auto, fused_ode=True),
-    "compile": lambda auto, device: dataclasses.replace(auto, compile_mode="default", triton_norm=False),
+    "compile": lambda auto, device: dataclasses.replace(auto, compile_mode="default", norm_kernel=None),
 }
 SOLVER = dict(solver="heun", steps=3, grid="logsnr")   # a SamplerSpec
 
@@ -182,6 +184,9 @@ def end_to_end_case(model, lr, batch, quick, budget):
             if speed.compile_mode and quick:
                 rows.append(dict(row, skipped="torch.compile is not run in --quick"))
                 continue
+            if speed.norm_kernel == "slab" and not z1.is_cuda:
+                rows.append(dict(row, skipped="the slab kernels run on CUDA"))
+                continue
             if budget.left() < (COMPILE_RESERVE_S if speed.compile_mode else 10):
                 rows.append(dict(row, skipped=f"time budget ({budget.left():.0f} s left)"))
                 continue
@@ -190,7 +195,7 @@ def end_to_end_case(model, lr, batch, quick, budget):
             rows.append(dict(row, ms_per_image=ms, ms_per_nfe_per_image=ms / 6, peak_mb=peak,
                              psnr_vs_reference=_psnr(x, reference_x)))
         if budget.left() > 2 * COMPILE_RESERVE_S or quick:
-            rows += denoiser_rows(net, y, z1, base, auto, quick)
+            rows += denoiser_rows(net, y, z1, base, auto, quick, budget)
     return rows
 
 
@@ -205,28 +210,38 @@ def _one_evaluation(denoiser, z1, cond, warmup, reps):
     return _time(call, warmup, reps)
 
 
-def denoiser_rows(net, y, z1, base, auto, quick):
-    """One network evaluation per image, conditioning cached: the fast engine's network (its Speed
-    with torch.compile, as the anchor has it) against plain PyTorch done right (cuDNN's autotuner
-    on for both), and their ratio."""
+def denoiser_rows(net, y, z1, base, auto, quick, budget):
+    """One network evaluation per image, conditioning cached: plain PyTorch done right (the anchor:
+    the plain network in bf16 and channels_last, torch.compile, CUDA graph), then the fast engine's
+    network as its Speed runs under torch.compile, with Inductor's GroupNorm and, on CUDA and in the
+    time budget, with the slab operator; each with the anchor's time over its own. cuDNN's autotuner
+    is on for all."""
     import copy
 
     from ecdp.acceleration import backends, prepare
     warmup, reps = (1, 1) if quick else (3, 20)
     batch, hr = z1.shape[0], z1.shape[-2:]
-    compiled = auto if quick else dataclasses.replace(auto, compile_mode="default", triton_norm=False)
-    ours = prepare(net, compiled)
     anchor = copy.deepcopy(net).to(auto.dtype(), memory_format=torch.channels_last)
     anchor_denoiser = anchor.denoiser if quick else torch.compile(anchor.denoiser)
-    with backends(auto):   # cuDNN's autotuner for both, as plain PyTorch done right has it
-        ours_ms = _one_evaluation(ours.denoiser, z1, ours.encode(y, hr), warmup, reps) / batch
+    compiled = auto if quick else dataclasses.replace(auto, compile_mode="default", norm_kernel=None)
+    ours = [compiled] + ([dataclasses.replace(compiled, norm_kernel="slab")] if z1.is_cuda else [])
+    prefix = "one NFE, cached conditioning: "
+    with backends(auto):
         cond = anchor.encode(y.to(auto.dtype()).contiguous(memory_format=torch.channels_last), hr)
         z = z1.to(auto.dtype()).contiguous(memory_format=torch.channels_last)
         anchor_ms = _one_evaluation(anchor_denoiser, z, cond, warmup, reps) / batch
-    return [dict(base, config=f"one NFE, cached conditioning: {compiled.describe()}", nfe=1, ms_per_image=ours_ms),
-            dict(base, config="one NFE, cached conditioning: anchor (plain PyTorch, bf16, channels_last, compile, "
-                              "CUDA graph)" if not quick else "one NFE: anchor (plain PyTorch, --quick: eager)",
-                 nfe=1, ms_per_image=anchor_ms, anchor_over_fast=anchor_ms / ours_ms)]
+        rows = [dict(base, config=prefix + ("anchor (plain PyTorch, bf16, channels_last, compile, CUDA graph)"
+                                            if not quick else "anchor (plain PyTorch, --quick: eager)"),
+                     nfe=1, ms_per_image=anchor_ms)]
+        for speed in ours:
+            row = dict(base, config=prefix + speed.describe(), nfe=1)
+            if speed is not compiled and budget.left() < COMPILE_RESERVE_S:
+                rows.append(dict(row, skipped=f"time budget ({budget.left():.0f} s left)"))
+                continue
+            network = prepare(net, speed)
+            ms = _one_evaluation(network.denoiser, z1, network.encode(y, hr), warmup, reps) / batch
+            rows.append(dict(row, ms_per_image=ms, anchor_over_fast=anchor_ms / ms))
+    return rows
 
 
 def end_to_end(quick, budget):
