@@ -68,22 +68,31 @@ def _load_sum(x_ptr, ach, add_ptr, p, c, mask, sxc, sxp, sdc, sdp, HAS_ACH: tl.c
 
 
 @triton.jit
-def _gnh_stats(x_ptr, ach_ptr, add_ptr, part_ptr, P, G, CG, SLAB,
-               sxb, sxc, sxp, sab, sac, sdb, sdc, sdp,
-               HAS_ACH: tl.constexpr, HAS_ADD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
-               BLOCK_CG: tl.constexpr, OFFSET64: tl.constexpr):
-    """Each group's mean and centered sum of squares over pixels [slab * SLAB, ...) of one sample:
-    part[b, slab, 0, g] and part[b, slab, 1, g]."""
+def _slab(ach_ptr, P, G, CG, SLAB, sab, sac, HAS_ACH: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr,
+          OFFSET64: tl.constexpr):
+    """This program's sample b (int64), its pixels [p_lo, p_hi), the channel ids and mask, and the
+    sample's add_channel at them (0.0 without)."""
     slab, b = tl.program_id(0), tl.program_id(1)
     b64 = b.to(tl.int64)
-    x_ptr += b64 * sxb
-    add_ptr += b64 * sdb
     p_lo = slab * SLAB
     p_hi = tl.minimum(p_lo + SLAB, P)
     c, cmask = _channels(G, CG, BLOCK_G, BLOCK_CG, OFFSET64)
     ach = 0.0
     if HAS_ACH:
         ach = tl.load(ach_ptr + b64 * sab + c * sac, mask=cmask, other=0.0).to(tl.float32)
+    return b64, p_lo, p_hi, c, cmask, ach
+
+
+@triton.jit
+def _gnh_stats(x_ptr, ach_ptr, add_ptr, part_ptr, P, G, CG, SLAB,
+               sxb, sxc, sxp, sab, sac, sdb, sdc, sdp,
+               HAS_ACH: tl.constexpr, HAS_ADD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
+               BLOCK_CG: tl.constexpr, OFFSET64: tl.constexpr):
+    """Each group's mean and centered sum of squares over pixels [slab * SLAB, ...) of one sample:
+    part[b, slab, 0, g] and part[b, slab, 1, g]."""
+    b, p_lo, p_hi, c, cmask, ach = _slab(ach_ptr, P, G, CG, SLAB, sab, sac, HAS_ACH, BLOCK_G, BLOCK_CG, OFFSET64)
+    x_ptr += b * sxb
+    add_ptr += b * sdb
     shift = _load_sum(x_ptr, ach, add_ptr, _pixels(p_lo, 1, OFFSET64), c, cmask, sxc, sxp, sdc, sdp,
                       HAS_ACH, HAS_ADD)
     acc = tl.zeros((BLOCK_P, BLOCK_G, BLOCK_CG), dtype=tl.float32)
@@ -105,7 +114,7 @@ def _gnh_stats(x_ptr, ach_ptr, add_ptr, part_ptr, P, G, CG, SLAB,
     d = tl.where(cm, mean_c - mean[:, None], 0.0)
     m2 = tl.sum(m2_c, axis=1) + n * tl.sum(d * d, axis=1)
     g = tl.arange(0, BLOCK_G)
-    row = part_ptr + (b * tl.num_programs(0) + slab) * 2 * G + g
+    row = part_ptr + (b * tl.num_programs(0) + tl.program_id(0)) * 2 * G + g
     tl.store(row, mean, mask=g < G)
     tl.store(row + G, m2, mask=g < G)
 
@@ -139,18 +148,11 @@ def _gnh_apply(x_ptr, ach_ptr, add_ptr, w_ptr, bias_ptr, part_ptr, out_ptr, P, G
                HAS_ACH: tl.constexpr, HAS_ADD: tl.constexpr, SILU: tl.constexpr, BLOCK_P: tl.constexpr,
                BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr, BLOCK_K: tl.constexpr, OFFSET64: tl.constexpr):
     """Merge sample b's partials, then normalize pixels [slab * SLAB, ...) of it."""
-    slab, b = tl.program_id(0), tl.program_id(1)
+    b, p_lo, p_hi, c, cmask, ach = _slab(ach_ptr, P, G, CG, SLAB, sab, sac, HAS_ACH, BLOCK_G, BLOCK_CG, OFFSET64)
     mean, rstd = _merged_stats(part_ptr, b, tl.num_programs(0), P, G, CG, SLAB, eps, BLOCK_K, BLOCK_G)
-    b64 = b.to(tl.int64)
-    x_ptr += b64 * sxb
-    add_ptr += b64 * sdb
-    out_ptr += b64 * sob
-    p_lo = slab * SLAB
-    p_hi = tl.minimum(p_lo + SLAB, P)
-    c, cmask = _channels(G, CG, BLOCK_G, BLOCK_CG, OFFSET64)
-    ach = 0.0
-    if HAS_ACH:
-        ach = tl.load(ach_ptr + b64 * sab + c * sac, mask=cmask, other=0.0).to(tl.float32)
+    x_ptr += b * sxb
+    add_ptr += b * sdb
+    out_ptr += b * sob
     w = tl.load(w_ptr + c, mask=cmask, other=0.0).to(tl.float32)
     scale = rstd[None, :, None] * w
     shift = tl.load(bias_ptr + c, mask=cmask, other=0.0).to(tl.float32) - mean[None, :, None] * scale
