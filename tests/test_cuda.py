@@ -43,10 +43,14 @@ def paper_gn_sites(lr=64, channels_last=False):
 SITES = paper_gn_sites() if torch.cuda.is_available() else []
 
 
+GN_KERNELS = {"two_pass": lambda: kernels._triton()[0].group_norm_silu, "slab": lambda: kernels.group_norm_silu_slab}
+
+
+@pytest.mark.parametrize("kernel", GN_KERNELS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("batch", [1, 8])
-def test_triton_group_norm_at_the_paper_sites(dtype, channels_last, batch):
+def test_triton_group_norm_at_the_paper_sites(dtype, channels_last, batch, kernel):
     g = torch.Generator(device="cuda").manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     assert len(SITES) > 5
@@ -57,7 +61,7 @@ def test_triton_group_norm_at_the_paper_sites(dtype, channels_last, batch):
                     add=torch.randn(shape, device="cuda", generator=g).to(dtype).contiguous(memory_format=layout)
                     if has_add else None)
         weight, bias = torch.randn(C, device="cuda", generator=g), torch.randn(C, device="cuda", generator=g)
-        got = kernels._triton()[0].group_norm_silu(x, weight, bias, groups, **adds)
+        got = GN_KERNELS[kernel]()(x, weight, bias, groups, **adds)
         expected = reference.group_norm_silu(x, weight, bias, groups, **adds)
         diff = (got.double() - expected.double()).abs().max().item()
         limit = 1e-4 if dtype == torch.float32 else 2e-2 * expected.double().abs().max().item()
@@ -115,13 +119,14 @@ def tiny_cuda():
     return randomize_zero_convs(nets.build("tiny").eval()).cuda()
 
 
+@pytest.mark.parametrize("norm_kernel", ["triton", "slab"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("solver,steps", [("euler", 3), ("heun", 2), ("rk4", 1), ("dpmpp2m", 4)])
-def test_cuda_graph_replay_of_every_fixed_step_solver(tiny_cuda, solver, steps, precision):
-    """Captured and replayed (channels_last, fused ODE update, Triton GN) equals the same solve run eagerly."""
+def test_cuda_graph_replay_of_every_fixed_step_solver(tiny_cuda, solver, steps, precision, norm_kernel):
+    """Captured and replayed (channels_last, fused ODE update, a Triton GN) equals the same solve run eagerly."""
     g = torch.Generator().manual_seed(1)
     speed = Speed(precision=precision, encoder_precision=precision, channels_last=True, fold_biases=True,
-                  norm_kernel="triton", fused_ode=True, cuda_graphs=True)
+                  norm_kernel=norm_kernel, fused_ode=True, cuda_graphs=True, cudnn_benchmark=True)
     resolver = SuperResolver(tiny_cuda, ModelConfig(sigma=0.2), SamplerSpec(solver=solver, steps=steps), speed)
     with torch.inference_mode():
         for _ in range(2):
@@ -154,3 +159,19 @@ def test_cuda_fused_solve_matches_the_unfused_solve(tiny_cuda, solver, exact_fp3
     torch.testing.assert_close(fused, plain, atol=2e-4, rtol=2e-4)
     fused_error, plain_error = ((x.cpu().double() - truth).abs().max().item() for x in (fused, plain))
     assert fused_error <= plain_error + 1e-5, (fused_error, plain_error)
+
+
+def test_cuda_compiled_network_with_the_slab_norm_matches_the_plain_one(tiny_cuda, exact_fp32):
+    """torch.compile of the denoiser with the slab operator at every norm site (kept in Inductor's
+    graph) gives the plain network's estimates in fp32, to the tolerance of the Triton kernels'
+    parity tests (statistics accumulated in another order)."""
+    compiled = SuperResolver(tiny_cuda, ModelConfig(sigma=0.2), SamplerSpec(solver="heun", steps=2),
+                             Speed(channels_last=True, norm_kernel="slab", compile_mode="default")).net
+    g = torch.Generator().manual_seed(3)
+    y, z = torch.rand(2, 3, 16, 16, generator=g).cuda(), torch.randn(2, 3, 64, 64, generator=g).cuda()
+    t = torch.tensor([0.3, 0.8], device="cuda")
+    with torch.inference_mode():
+        got = compiled.denoiser(z, t, compiled.encode(y, (64, 64)))
+        expected = tiny_cuda.denoiser(z, t, tiny_cuda.encode(y, (64, 64)))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
